@@ -1,0 +1,12 @@
+//! Plumbing shared by `rlm-orchestrator` and `rlm-sandbox-agent`: layered
+//! configuration, listen addresses, telemetry, trace propagation, and the gRPC
+//! serving and shutdown sequence.
+
+pub mod config;
+pub mod listen;
+pub mod propagation;
+pub mod server;
+pub mod telemetry;
+
+/// The version every binary reports (health JSON, GetInfo, `--version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,9 @@
+//! rlm-orchestrator: the public `rlm.v1.RLMService`, its HTTP side (metrics,
+//! health), and the connection to the sandbox agent.
+
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod sandbox_client;
+pub mod service;

@@ -1,0 +1,112 @@
+use std::sync::Arc;
+
+use anyhow::Context;
+use rlm_common::server::{self, Shutdown};
+use rlm_orchestrator::config::Config;
+use rlm_orchestrator::health::HealthChecks;
+use rlm_orchestrator::http::{HttpState, router};
+use rlm_orchestrator::metrics::Metrics;
+use rlm_orchestrator::sandbox_client::SandboxConnection;
+use rlm_orchestrator::service::RlmApi;
+use rlm_proto::rlm::v1::rlm_service_server::{RlmServiceServer, SERVICE_NAME};
+
+fn main() -> std::process::ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("rlm-orchestrator: configuration error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rlm-orchestrator: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rlm-orchestrator: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let telemetry = rlm_common::telemetry::init("rlm-orchestrator", config.service.log_format)?;
+    let metrics = Arc::new(Metrics::new());
+    let sandbox = SandboxConnection::new(config.sandbox_endpoint.clone())
+        .with_context(|| format!("sandbox endpoint {}", config.sandbox_endpoint))?;
+    let shutdown = Shutdown::new();
+
+    let mut builder = server::builder();
+    let (router_with_std, reporter) =
+        server::with_standard_services(&mut builder, &[rlm_proto::FILE_DESCRIPTOR_SET])?;
+    let api = RlmApi {
+        sandbox: sandbox.clone(),
+        metrics: metrics.clone(),
+    };
+    let grpc = router_with_std.add_service(
+        RlmServiceServer::new(api)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20),
+    );
+    reporter.set_serving::<RlmServiceServer<RlmApi>>().await;
+
+    let http_state = HttpState {
+        metrics,
+        health: Arc::new(HealthChecks {
+            sandbox,
+            log_dir: config.log_dir.clone(),
+            model: config.model.clone(),
+            llm_base_url: config.llm_base_url.clone(),
+            http: reqwest::Client::builder()
+                .user_agent(concat!("rlm-orchestrator/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .context("building the HTTP client")?,
+        }),
+        shutdown: shutdown.clone(),
+    };
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener {} (RLM_HTTP_LISTEN)", config.http_listen))?;
+    let http_stop = shutdown.wait();
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, router(http_state))
+            .with_graceful_shutdown(http_stop)
+            .await
+    });
+
+    tracing::info!(
+        grpc = %config.listen,
+        http = %config.http_listen,
+        sandbox = %config.sandbox_endpoint,
+        tracing = telemetry.exporting(),
+        version = rlm_common::VERSION,
+        "rlm-orchestrator serving"
+    );
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        let drain = config.service.drain;
+        async move {
+            if let Err(err) = server::announce_then_stop(reporter, &[SERVICE_NAME], drain, shutdown.clone()).await {
+                tracing::error!("{err:#}");
+                shutdown.trigger();
+            }
+        }
+    });
+    let listen = rlm_common::listen::Address::Tcp(config.listen);
+    let served = server::serve(
+        grpc,
+        &listen,
+        0o600,
+        shutdown.wait(),
+    );
+    let result = server::drain_with_deadline(served, &shutdown, config.service.drain.deadline).await;
+    http.abort();
+    tracing::info!("rlm-orchestrator stopped");
+    telemetry.shutdown().await;
+    result.with_context(|| format!("gRPC server on {} (RLM_LISTEN)", config.listen))
+}

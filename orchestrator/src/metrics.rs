@@ -1,0 +1,190 @@
+//! Prometheus metrics served on `/metrics`.
+//!
+//! Names follow the deployment guide (`rlm_requests_total`,
+//! `rlm_request_duration_seconds`, `rlm_tokens_used_total`, `rlm_cost_usd_total`);
+//! tokens are a counter split by model and direction rather than the guide's
+//! per-request histogram, which cannot be summed into a spend rate.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    /// `input` or `output`.
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<MethodLabels, Histogram>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub cost_usd: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub sandbox_calls: Family<RequestLabels, Counter>,
+    pub sandbox_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("rlm_requests", "gRPC requests by method and status code", requests.clone());
+        let request_duration =
+            Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.5, 14))
+            });
+        registry.register(
+            "rlm_request_duration_seconds",
+            "gRPC request latency in seconds, by method",
+            request_duration.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "rlm_tokens_used",
+            "Model tokens used, by model and direction (input/output)",
+            tokens.clone(),
+        );
+        let cost_usd = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register("rlm_cost_usd", "Model spend in US dollars, by model (known prices only)", cost_usd.clone());
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("rlm_errors", "Errors by kind", errors.clone());
+        let sandbox_calls = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "rlm_sandbox_calls",
+            "Calls to the sandbox agent by method and status code",
+            sandbox_calls.clone(),
+        );
+        let sandbox_up = Gauge::default();
+        registry.register(
+            "rlm_sandbox_up",
+            "1 when the sandbox agent answered its last health check, else 0",
+            sandbox_up.clone(),
+        );
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: rlm_common::VERSION.to_owned(),
+            })
+            .set(1);
+        registry.register("rlm_build_info", "Build information; always 1", build);
+        Self {
+            registry,
+            requests,
+            request_duration,
+            tokens,
+            cost_usd,
+            errors,
+            sandbox_calls,
+            sandbox_up,
+        }
+    }
+
+    /// Records one finished gRPC call of `method` that started at `started`.
+    pub fn observe_request(&self, method: &str, started: Instant, code: tonic::Code) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn observe_sandbox_call(&self, method: &str, code: tonic::Code) {
+        self.sandbox_calls
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+    }
+
+    pub fn count_error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_the_guide_metrics() {
+        let metrics = Metrics::new();
+        metrics.observe_request("Complete", Instant::now(), tonic::Code::Ok);
+        metrics
+            .tokens
+            .get_or_create(&TokenLabels {
+                model: "m".into(),
+                direction: "input".into(),
+            })
+            .inc_by(7);
+        let text = metrics.render();
+        for name in [
+            "rlm_requests_total{method=\"Complete\",code=\"Ok\"} 1",
+            "rlm_request_duration_seconds_bucket",
+            "rlm_tokens_used_total{model=\"m\",direction=\"input\"} 7",
+            "# TYPE rlm_cost_usd counter",
+            "rlm_build_info",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}
