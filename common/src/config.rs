@@ -34,7 +34,9 @@ impl fmt::Display for Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid value {value:?} for {setting} (from {origin}): {reason}; accepted: {accepted}")]
+    #[error(
+        "invalid value {value:?} for {setting} (from {origin}): {reason}; accepted: {accepted}"
+    )]
     Invalid {
         setting: String,
         value: String,
@@ -146,21 +148,14 @@ impl<'a> Settings<'a> {
     /// The raw value of setting `id` and where it came from, or the default.
     pub fn raw(&self, id: &str, default: &str) -> (String, Origin) {
         if let Some(value) = self.matches.get_one::<String>(id) {
-            let arg = self
-                .command
-                .get_arguments()
-                .find(|arg| arg.get_id() == id);
+            let arg = self.command.get_arguments().find(|arg| arg.get_id() == id);
             let origin = match self.matches.value_source(id) {
                 Some(ValueSource::EnvVariable) => Origin::Env(
                     arg.and_then(|a| a.get_env())
                         .map(|e| e.to_string_lossy().into_owned())
                         .unwrap_or_default(),
                 ),
-                _ => Origin::Flag(
-                    arg.and_then(|a| a.get_long())
-                        .unwrap_or(id)
-                        .to_owned(),
-                ),
+                _ => Origin::Flag(arg.and_then(|a| a.get_long()).unwrap_or(id).to_owned()),
             };
             return (value.clone(), origin);
         }
@@ -255,7 +250,13 @@ mod tests {
         let cmd = command();
         let matches = cmd
             .clone()
-            .try_get_matches_from(["t", "--config", path.to_str().expect("utf8"), "--listen", "flag:1"])
+            .try_get_matches_from([
+                "t",
+                "--config",
+                path.to_str().expect("utf8"),
+                "--listen",
+                "flag:1",
+            ])
             .expect("matches");
         let settings = Settings::new(&cmd, &matches, "config").expect("settings");
         assert_eq!(settings.raw("listen", "d").0, "flag:1");
@@ -274,9 +275,14 @@ mod tests {
             .clone()
             .try_get_matches_from(["t", "--config", path.to_str().expect("utf8")])
             .expect("matches");
-        let err = Settings::new(&cmd, &matches, "config").err().expect("error");
+        let err = Settings::new(&cmd, &matches, "config")
+            .err()
+            .expect("error");
         let text = err.to_string();
-        assert!(text.contains("lisen") && text.contains("http_listen"), "{text}");
+        assert!(
+            text.contains("lisen") && text.contains("http_listen"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -288,7 +294,9 @@ mod tests {
             .expect("matches");
         let settings = Settings::new(&cmd, &matches, "config").expect("settings");
         let err = settings
-            .get("listen", "x", "HOST:PORT", |v| v.parse::<std::net::SocketAddr>().map_err(|e| e.to_string()))
+            .get("listen", "x", "HOST:PORT", |v| {
+                v.parse::<std::net::SocketAddr>().map_err(|e| e.to_string())
+            })
             .err()
             .expect("error");
         let text = err.to_string();
@@ -328,7 +336,8 @@ pub struct ServiceSettings {
     pub drain: crate::server::DrainPolicy,
 }
 
-const DURATION_FORMS: &str = "seconds (30) or a number with ms, s or m (250ms, 30s, 2m), at most 24h";
+const DURATION_FORMS: &str =
+    "seconds (30) or a number with ms, s or m (250ms, 30s, 2m), at most 24h";
 
 impl ServiceSettings {
     pub fn resolve(settings: &Settings<'_>) -> Result<Self, ConfigError> {
@@ -340,7 +349,12 @@ impl ServiceSettings {
                 crate::telemetry::LogFormat::parse,
             )?,
             drain: crate::server::DrainPolicy {
-                announce: settings.get("shutdown_announce", "1s", DURATION_FORMS, parse_duration)?,
+                announce: settings.get(
+                    "shutdown_announce",
+                    "1s",
+                    DURATION_FORMS,
+                    parse_duration,
+                )?,
                 deadline: settings.get("drain_timeout", "30s", DURATION_FORMS, parse_duration)?,
             },
         })

@@ -23,7 +23,9 @@ impl Address {
         if let Some(path) = text.strip_prefix("unix://") {
             let path = Path::new(path);
             if !path.is_absolute() {
-                return Err("a unix socket path must be absolute (unix:///run/rlm/sandbox.sock)".into());
+                return Err(
+                    "a unix socket path must be absolute (unix:///run/rlm/sandbox.sock)".into(),
+                );
             }
             return Ok(Self::Unix(path.to_owned()));
         }
@@ -72,7 +74,10 @@ pub async fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<tokio::net::Uni
             std::fs::remove_file(path)
                 .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
-        Ok(_) => bail!("{} exists and is not a socket; refusing to replace it", path.display()),
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("inspecting {}", path.display())),
     }
@@ -80,7 +85,9 @@ pub async fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<tokio::net::Uni
     // client can reach the socket while it still has the default mode.
     let staging = path.with_file_name(format!(
         ".{}.{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&staging);
@@ -127,7 +134,9 @@ mod tests {
         assert!(bind_unix(&path, 0o600).await.is_err());
         drop(listener);
         // A stale socket is.
-        bind_unix(&path, 0o600).await.expect("rebind over stale socket");
+        bind_unix(&path, 0o600)
+            .await
+            .expect("rebind over stale socket");
 
         let file = dir.path().join("plain");
         std::fs::write(&file, b"x").expect("write");

@@ -42,7 +42,10 @@ pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
 pub struct TracePropagation;
 
 impl tonic::service::Interceptor for TracePropagation {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         inject_current(request.metadata_mut());
         Ok(request)
     }

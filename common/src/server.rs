@@ -42,7 +42,11 @@ pub fn with_standard_services(
     let router = server
         .add_service(health)
         .add_service(v1.build_v1().context("building reflection v1")?)
-        .add_service(v1alpha.build_v1alpha().context("building reflection v1alpha")?);
+        .add_service(
+            v1alpha
+                .build_v1alpha()
+                .context("building reflection v1alpha")?,
+        );
     Ok((router, reporter))
 }
 
@@ -99,7 +103,8 @@ impl Shutdown {
     }
 
     pub fn announce(&self) {
-        self.announced.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.announced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// True from the announcement on.
@@ -165,11 +170,19 @@ pub async fn announce_then_stop(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let signal = termination_signal().await?;
-    tracing::info!(signal, announce_ms = policy.announce.as_millis() as u64, "shutting down: health now NOT_SERVING");
+    tracing::info!(
+        signal,
+        announce_ms = policy.announce.as_millis() as u64,
+        "shutting down: health now NOT_SERVING"
+    );
     shutdown.announce();
-    reporter.set_service_status("", ServingStatus::NotServing).await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     for service in services {
-        reporter.set_service_status(*service, ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(*service, ServingStatus::NotServing)
+            .await;
     }
     tokio::time::sleep(policy.announce).await;
     shutdown.trigger();
@@ -192,7 +205,10 @@ pub async fn drain_with_deadline(
     match tokio::time::timeout(deadline, served).await {
         Ok(result) => result,
         Err(_) => {
-            tracing::warn!(deadline_ms = deadline.as_millis() as u64, "drain deadline passed; abandoning in-flight calls");
+            tracing::warn!(
+                deadline_ms = deadline.as_millis() as u64,
+                "drain deadline passed; abandoning in-flight calls"
+            );
             Ok(())
         }
     }

@@ -65,8 +65,18 @@ impl Config {
         let settings = Settings::new(&command, &matches, "config")?;
         let tcp = |v: &str| Address::parse_tcp(v);
         Ok(Self {
-            listen: settings.get("listen", "127.0.0.1:50051", "HOST:PORT, tcp://HOST:PORT", tcp)?,
-            http_listen: settings.get("http_listen", "127.0.0.1:9464", "HOST:PORT, tcp://HOST:PORT", tcp)?,
+            listen: settings.get(
+                "listen",
+                "127.0.0.1:50051",
+                "HOST:PORT, tcp://HOST:PORT",
+                tcp,
+            )?,
+            http_listen: settings.get(
+                "http_listen",
+                "127.0.0.1:9464",
+                "HOST:PORT, tcp://HOST:PORT",
+                tcp,
+            )?,
             sandbox_endpoint: settings.get(
                 "sandbox_endpoint",
                 DEFAULT_SANDBOX_ENDPOINT,

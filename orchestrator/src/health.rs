@@ -56,7 +56,11 @@ pub struct HealthChecks {
     pub http: reqwest::Client,
 }
 
-fn verdict(result: Result<(), String>, name: &'static str, details: &mut BTreeMap<&'static str, String>) -> ComponentStatus {
+fn verdict(
+    result: Result<(), String>,
+    name: &'static str,
+    details: &mut BTreeMap<&'static str, String>,
+) -> ComponentStatus {
     match result {
         Ok(()) => ComponentStatus::Healthy,
         Err(reason) => {

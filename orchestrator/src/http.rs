@@ -28,7 +28,10 @@ pub fn router(state: HttpState) -> Router {
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -36,10 +39,9 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 /// 200 when healthy or degraded, 503 when unhealthy (so plain HTTP probes work too).
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {
     let report = state.health.report(state.shutdown.is_announced()).await;
-    state
-        .metrics
-        .sandbox_up
-        .set(i64::from(report.components.sandbox == crate::health::ComponentStatus::Healthy));
+    state.metrics.sandbox_up.set(i64::from(
+        report.components.sandbox == crate::health::ComponentStatus::Healthy,
+    ));
     let code = if report.status == OverallStatus::Unhealthy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

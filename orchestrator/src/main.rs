@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let telemetry = rlm_common::telemetry::init("rlm-orchestrator", config.service.log_format)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(config.model.as_deref()));
     let sandbox = SandboxConnection::new(config.sandbox_endpoint.clone())
         .with_context(|| format!("sandbox endpoint {}", config.sandbox_endpoint))?;
     let shutdown = Shutdown::new();
@@ -71,7 +71,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .with_context(|| format!("binding HTTP listener {} (RLM_HTTP_LISTEN)", config.http_listen))?;
+        .with_context(|| {
+            format!(
+                "binding HTTP listener {} (RLM_HTTP_LISTEN)",
+                config.http_listen
+            )
+        })?;
     let http_stop = shutdown.wait();
     let http = tokio::spawn(async move {
         axum::serve(http_listener, router(http_state))
@@ -91,20 +96,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let drain = config.service.drain;
         async move {
-            if let Err(err) = server::announce_then_stop(reporter, &[SERVICE_NAME], drain, shutdown.clone()).await {
+            if let Err(err) =
+                server::announce_then_stop(reporter, &[SERVICE_NAME], drain, shutdown.clone()).await
+            {
                 tracing::error!("{err:#}");
                 shutdown.trigger();
             }
         }
     });
     let listen = rlm_common::listen::Address::Tcp(config.listen);
-    let served = server::serve(
-        grpc,
-        &listen,
-        0o600,
-        shutdown.wait(),
-    );
-    let result = server::drain_with_deadline(served, &shutdown, config.service.drain.deadline).await;
+    let served = server::serve(grpc, &listen, 0o600, shutdown.wait());
+    let result =
+        server::drain_with_deadline(served, &shutdown, config.service.drain.deadline).await;
     http.abort();
     tracing::info!("rlm-orchestrator stopped");
     telemetry.shutdown().await;

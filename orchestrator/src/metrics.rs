@@ -59,21 +59,20 @@ pub struct Metrics {
     pub sandbox_up: Gauge,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
+    /// Series for `default_model` start at zero, so dashboards and `rate()` see
+    /// them before the first completion.
+    pub fn new(default_model: Option<&str>) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("rlm_requests", "gRPC requests by method and status code", requests.clone());
-        let request_duration =
-            Family::<MethodLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.5, 14))
-            });
+        registry.register(
+            "rlm_requests",
+            "gRPC requests by method and status code",
+            requests.clone(),
+        );
+        let request_duration = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.5, 14))
+        });
         registry.register(
             "rlm_request_duration_seconds",
             "gRPC request latency in seconds, by method",
@@ -86,7 +85,11 @@ impl Metrics {
             tokens.clone(),
         );
         let cost_usd = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
-        registry.register("rlm_cost_usd", "Model spend in US dollars, by model (known prices only)", cost_usd.clone());
+        registry.register(
+            "rlm_cost_usd",
+            "Model spend in US dollars, by model (known prices only)",
+            cost_usd.clone(),
+        );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register("rlm_errors", "Errors by kind", errors.clone());
         let sandbox_calls = Family::<RequestLabels, Counter>::default();
@@ -108,6 +111,17 @@ impl Metrics {
             })
             .set(1);
         registry.register("rlm_build_info", "Build information; always 1", build);
+        if let Some(model) = default_model {
+            for direction in ["input", "output"] {
+                tokens.get_or_create(&TokenLabels {
+                    model: model.to_owned(),
+                    direction: direction.to_owned(),
+                });
+            }
+            cost_usd.get_or_create(&ModelLabels {
+                model: model.to_owned(),
+            });
+        }
         Self {
             registry,
             requests,
@@ -167,7 +181,7 @@ mod tests {
 
     #[test]
     fn exposition_names_the_guide_metrics() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(Some("openai/gpt-4o"));
         metrics.observe_request("Complete", Instant::now(), tonic::Code::Ok);
         metrics
             .tokens
@@ -181,7 +195,7 @@ mod tests {
             "rlm_requests_total{method=\"Complete\",code=\"Ok\"} 1",
             "rlm_request_duration_seconds_bucket",
             "rlm_tokens_used_total{model=\"m\",direction=\"input\"} 7",
-            "# TYPE rlm_cost_usd counter",
+            "rlm_cost_usd_total{model=\"openai/gpt-4o\"} 0",
             "rlm_build_info",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

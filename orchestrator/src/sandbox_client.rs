@@ -8,9 +8,9 @@ use rlm_common::propagation::TracePropagation;
 use rlm_proto::rlm::sandbox::v1::sandbox_service_client::SandboxServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 pub type Sandbox = SandboxServiceClient<InterceptedService<Channel, TracePropagation>>;
 
@@ -63,11 +63,18 @@ impl SandboxConnection {
         request.set_timeout(timeout);
         rlm_common::propagation::inject_current(request.metadata_mut());
         match tokio::time::timeout(timeout, health.check(request)).await {
-            Err(_) => Err(format!("agent at {} did not answer within {timeout:?}", self.address)),
+            Err(_) => Err(format!(
+                "agent at {} did not answer within {timeout:?}",
+                self.address
+            )),
             Ok(Err(status)) => Err(format!("agent at {}: {}", self.address, status.message())),
             Ok(Ok(response)) => match response.into_inner().status() {
                 ServingStatus::Serving => Ok(()),
-                other => Err(format!("agent at {} reports {}", self.address, other.as_str_name())),
+                other => Err(format!(
+                    "agent at {} reports {}",
+                    self.address,
+                    other.as_str_name()
+                )),
             },
         }
     }

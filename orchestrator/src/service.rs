@@ -20,8 +20,15 @@ pub struct RlmApi {
 }
 
 impl RlmApi {
-    fn finish<T>(&self, method: &str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
-        let code = result.as_ref().map_or_else(|status| status.code(), |_| tonic::Code::Ok);
+    fn finish<T>(
+        &self,
+        method: &str,
+        started: Instant,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(|status| status.code(), |_| tonic::Code::Ok);
         self.metrics.observe_request(method, started, code);
         result
     }
@@ -33,11 +40,16 @@ impl RlmApi {
     ) -> Result<UploadContextResponse, Status> {
         let first = match chunks.message().await? {
             Some(first) => first,
-            None => return Err(Status::invalid_argument("chunk: the upload stream carried no message")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "chunk: the upload stream carried no message",
+                ));
+            }
         };
         let expected_sha256 = first.expected_sha256.to_ascii_lowercase();
         if !expected_sha256.is_empty()
-            && (expected_sha256.len() != 64 || !expected_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+            && (expected_sha256.len() != 64
+                || !expected_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             return Err(Status::invalid_argument(
                 "expected_sha256: must be 64 hexadecimal digits",
@@ -70,12 +82,14 @@ impl RlmApi {
                 .put_context(tokio_stream::wrappers::ReceiverStream::new(receiver))
                 .await
                 .map_err(|status| {
-                    self.metrics.observe_sandbox_call("PutContext", status.code());
+                    self.metrics
+                        .observe_sandbox_call("PutContext", status.code());
                     self.sandbox_error(status)
                 })
         };
         let ((), stored) = futures::future::try_join(forward, put).await?;
-        self.metrics.observe_sandbox_call("PutContext", tonic::Code::Ok);
+        self.metrics
+            .observe_sandbox_call("PutContext", tonic::Code::Ok);
         let stored = stored.into_inner();
         Ok(UploadContextResponse {
             context_id: stored.context_id,
@@ -87,9 +101,9 @@ impl RlmApi {
     /// become UNAVAILABLE naming the agent when the agent itself is the problem.
     fn sandbox_error(&self, status: Status) -> Status {
         match status.code() {
-            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted => {
-                status
-            }
+            tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::ResourceExhausted => status,
             _ => {
                 self.metrics.count_error("sandbox_unavailable");
                 Status::unavailable(format!(
@@ -112,7 +126,10 @@ fn not_yet(method: &str) -> Status {
 impl RlmService for RlmApi {
     type StreamCompleteStream = EventStream;
 
-    async fn complete(&self, _request: Request<CompleteRequest>) -> Result<Response<CompleteResponse>, Status> {
+    async fn complete(
+        &self,
+        _request: Request<CompleteRequest>,
+    ) -> Result<Response<CompleteResponse>, Status> {
         self.finish("Complete", Instant::now(), Err(not_yet("Complete")))
     }
 
@@ -120,7 +137,11 @@ impl RlmService for RlmApi {
         &self,
         _request: Request<StreamCompleteRequest>,
     ) -> Result<Response<Self::StreamCompleteStream>, Status> {
-        self.finish("StreamComplete", Instant::now(), Err(not_yet("StreamComplete")))
+        self.finish(
+            "StreamComplete",
+            Instant::now(),
+            Err(not_yet("StreamComplete")),
+        )
     }
 
     #[tracing::instrument(name = "rlm.upload_context", skip_all)]
@@ -140,20 +161,32 @@ impl RlmService for RlmApi {
         &self,
         _request: Request<GetTrajectoryRequest>,
     ) -> Result<Response<GetTrajectoryResponse>, Status> {
-        self.finish("GetTrajectory", Instant::now(), Err(not_yet("GetTrajectory")))
+        self.finish(
+            "GetTrajectory",
+            Instant::now(),
+            Err(not_yet("GetTrajectory")),
+        )
     }
 
     async fn list_trajectories(
         &self,
         _request: Request<ListTrajectoriesRequest>,
     ) -> Result<Response<ListTrajectoriesResponse>, Status> {
-        self.finish("ListTrajectories", Instant::now(), Err(not_yet("ListTrajectories")))
+        self.finish(
+            "ListTrajectories",
+            Instant::now(),
+            Err(not_yet("ListTrajectories")),
+        )
     }
 
     async fn cancel_completion(
         &self,
         _request: Request<CancelCompletionRequest>,
     ) -> Result<Response<CancelCompletionResponse>, Status> {
-        self.finish("CancelCompletion", Instant::now(), Err(not_yet("CancelCompletion")))
+        self.finish(
+            "CancelCompletion",
+            Instant::now(),
+            Err(not_yet("CancelCompletion")),
+        )
     }
 }
