@@ -34,16 +34,8 @@ impl fmt::Display for Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "invalid value {value:?} for {setting} (from {origin}): {reason}; accepted: {accepted}"
-    )]
-    Invalid {
-        setting: String,
-        value: String,
-        origin: Origin,
-        reason: String,
-        accepted: String,
-    },
+    #[error("{0}")]
+    Invalid(Box<InvalidValue>),
     #[error("cannot read config file {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -62,6 +54,17 @@ pub enum ConfigError {
     },
     #[error("config file {}: key `{key}` must be a string, number or boolean", path.display())]
     NotScalar { path: PathBuf, key: String },
+}
+
+/// A setting whose value does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value {value:?} for {setting} (from {origin}): {reason}; accepted: {accepted}")]
+pub struct InvalidValue {
+    pub setting: String,
+    pub value: String,
+    pub origin: Origin,
+    pub reason: String,
+    pub accepted: String,
 }
 
 /// The values of a TOML config file: a flat table whose keys are the long flag
@@ -181,12 +184,14 @@ impl<'a> Settings<'a> {
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<T, ConfigError> {
         let (value, origin) = self.raw(id, default);
-        parse(&value).map_err(|reason| ConfigError::Invalid {
-            setting: self.display_name(id),
-            value,
-            origin,
-            reason,
-            accepted: accepted.to_owned(),
+        parse(&value).map_err(|reason| {
+            ConfigError::Invalid(Box::new(InvalidValue {
+                setting: self.display_name(id),
+                value,
+                origin,
+                reason,
+                accepted: accepted.to_owned(),
+            }))
         })
     }
 

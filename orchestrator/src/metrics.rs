@@ -113,14 +113,18 @@ impl Metrics {
         registry.register("rlm_build_info", "Build information; always 1", build);
         if let Some(model) = default_model {
             for direction in ["input", "output"] {
-                tokens.get_or_create(&TokenLabels {
-                    model: model.to_owned(),
-                    direction: direction.to_owned(),
-                });
+                tokens
+                    .get_or_create(&TokenLabels {
+                        model: model.to_owned(),
+                        direction: direction.to_owned(),
+                    })
+                    .inc_by(0);
             }
-            cost_usd.get_or_create(&ModelLabels {
-                model: model.to_owned(),
-            });
+            cost_usd
+                .get_or_create(&ModelLabels {
+                    model: model.to_owned(),
+                })
+                .inc_by(0.0);
         }
         Self {
             registry,
