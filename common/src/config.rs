@@ -117,6 +117,7 @@ impl FileLayer {
 }
 
 /// Resolves settings declared as clap arguments (ids in snake_case, values as `String`).
+#[derive(Debug)]
 pub struct Settings<'a> {
     matches: &'a ArgMatches,
     command: &'a clap::Command,
@@ -280,9 +281,7 @@ mod tests {
             .clone()
             .try_get_matches_from(["t", "--config", path.to_str().expect("utf8")])
             .expect("matches");
-        let err = Settings::new(&cmd, &matches, "config")
-            .err()
-            .expect("error");
+        let err = Settings::new(&cmd, &matches, "config").expect_err("error");
         let text = err.to_string();
         assert!(
             text.contains("lisen") && text.contains("http_listen"),
@@ -302,8 +301,7 @@ mod tests {
             .get("listen", "x", "HOST:PORT", |v| {
                 v.parse::<std::net::SocketAddr>().map_err(|e| e.to_string())
             })
-            .err()
-            .expect("error");
+            .expect_err("error");
         let text = err.to_string();
         assert!(text.contains("RLM_TEST_CFG_LISTEN"), "{text}");
         assert!(text.contains("flag --listen"), "{text}");
