@@ -7,6 +7,8 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (and `OTEL_SDK_DISABLED` is not `true`);
 //! the exporter itself reads the other `OTEL_EXPORTER_OTLP_*` variables.
 
+use std::io::IsTerminal;
+
 use anyhow::{Context, bail};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -97,7 +99,11 @@ pub fn init(service_name: &str, format: LogFormat) -> anyhow::Result<Telemetry> 
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let installed = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
