@@ -1,0 +1,22 @@
+# The two commands of the README: `make up` (start the system) and `make test`.
+CARGO ?= cargo
+
+.PHONY: up build test lint fmt
+
+## Build and start the sandbox agent and the orchestrator on localhost (Ctrl-C stops both).
+up:
+	./scripts/up.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+## Every test: unit, end-to-end against the real binaries, and the REPL driver's.
+test: build
+	$(CARGO) test --workspace
+
+## Formatting, clippy and the proto lint, as CI runs them.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	npm ci --prefix tools/buf --no-audit --no-fund
+	tools/buf/node_modules/.bin/buf lint proto
