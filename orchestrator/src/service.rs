@@ -65,14 +65,19 @@ impl RlmApi {
         // truncated upload is never stored as if it were whole.
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         let forward = async move {
-            let closed = || Status::unavailable("sandbox agent closed the upload");
-            sender.send(head).await.map_err(|_| closed())?;
+            // A closed channel means the agent call already finished (it may answer
+            // early when it holds the content); its result decides the outcome.
+            if sender.send(head).await.is_err() {
+                return Ok(());
+            }
             while let Some(request) = chunks.message().await? {
                 let chunk = sandbox::PutContextRequest {
                     chunk: request.chunk,
                     ..Default::default()
                 };
-                sender.send(chunk).await.map_err(|_| closed())?;
+                if sender.send(chunk).await.is_err() {
+                    return Ok(());
+                }
             }
             Ok::<(), Status>(())
         };
