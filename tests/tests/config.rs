@@ -166,3 +166,19 @@ fn config_file_errors_are_reported() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/rlm.toml"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let stack = rlm_e2e::Stack::start(&[("RLM_LOG_FORMAT", "json")]).await;
+    for service in [&stack.agent, &stack.orchestrator] {
+        let log = service.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        assert!(!lines.is_empty(), "{} logged nothing", service.name);
+        for line in lines {
+            let event: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("{}: {err} in {line:?}", service.name));
+            assert!(event["timestamp"].is_string() && event["level"].is_string(), "{line}");
+        }
+        assert!(log.contains("\"message\":\"") && log.contains("serving"), "{log}");
+    }
+}
