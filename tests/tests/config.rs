@@ -175,10 +175,16 @@ async fn json_logs_are_one_object_per_line() {
         let lines: Vec<&str> = log.lines().collect();
         assert!(!lines.is_empty(), "{} logged nothing", service.name);
         for line in lines {
-            let event: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|err| panic!("{}: {err} in {line:?}", service.name));
-            assert!(event["timestamp"].is_string() && event["level"].is_string(), "{line}");
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("{}: {err} in {line:?}", service.name));
+            assert!(
+                event["timestamp"].is_string() && event["level"].is_string(),
+                "{line}"
+            );
         }
-        assert!(log.contains("\"message\":\"") && log.contains("serving"), "{log}");
+        assert!(
+            log.contains("\"message\":\"") && log.contains("serving"),
+            "{log}"
+        );
     }
 }
