@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod context_store;
+pub mod isolation;
 pub mod service;

@@ -1,0 +1,80 @@
+//! The isolated spawn on its own: a Python child in fresh namespaces, on a
+//! read-only minimal root, as an unprivileged uid. Needs root.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+
+use rlm_sandbox_agent::isolation::rootfs::{self, RootfsSpec};
+use rlm_sandbox_agent::isolation::spawn::{SpawnSpec, spawn};
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (namespaces, mounts, setuid): run it as root, as CI does"
+    );
+}
+
+fn read_all(fd: OwnedFd) -> String {
+    let mut text = String::new();
+    std::fs::File::from(fd).read_to_string(&mut text).expect("read");
+    text
+}
+
+#[test]
+fn python_runs_isolated_as_an_unprivileged_uid() {
+    require_root();
+    let root = tempfile::tempdir().expect("root mount dir");
+    let steps = rootfs::plan(&RootfsSpec {
+        uid: 201_000,
+        gid: 201_000,
+        tmpfs_bytes: 8 << 20,
+        python_prefix: None,
+        allowed_paths: Vec::new(),
+        network: false,
+    });
+    let code = r#"
+import os, socket
+print(os.getuid(), os.getgid(), os.getpid(), socket.gethostname())
+print(sorted(os.listdir('/')))
+print(sorted(os.listdir('/dev')))
+print(len([p for p in os.listdir('/proc') if p.isdigit()]))
+try:
+    open('/usr/evil', 'w')
+except OSError as e:
+    print('usr', e.errno)
+print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
+"#;
+    let spec = SpawnSpec {
+        isolate: true,
+        share_network: false,
+        root_mount: root.path().to_owned(),
+        steps,
+        uid: 201_000,
+        gid: 201_000,
+        rlimits: vec![(libc::RLIMIT_CORE, 0)],
+        program: "/usr/bin/python3".into(),
+        args: vec!["-I".into(), "-c".into(), code.into()],
+        env: vec!["PATH=/usr/bin:/bin".into()],
+        cwd: "/work".into(),
+        seccomp: None,
+    };
+    let started = std::time::Instant::now();
+    let child = spawn(&spec, |_| Ok(())).expect("spawn");
+    let spawn_time = started.elapsed();
+    let stdout = read_all(child.stdout);
+    let stderr = read_all(child.stderr);
+    // Reap the child (test code; the agent reaps its sessions the same way).
+    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child.pid), None).expect("wait");
+    eprintln!("spawn to exec: {spawn_time:?}\n{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first().copied(), Some("201000 201000 1 sandbox"), "{stdout}{stderr}");
+    // Only the planned entries: no /sys, /home, /root, /var, /run...
+    let allowed = ["bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "work"];
+    let listed: Vec<&str> = lines[1].trim_matches(['[', ']']).split(", ").map(|s| s.trim_matches('\'')).collect();
+    assert!(listed.iter().all(|name| allowed.contains(name)), "{listed:?}");
+    assert!(!listed.contains(&"sys") && listed.contains(&"work"), "{listed:?}");
+    assert!(lines[2].contains("'null'") && !lines[2].contains("'sda'") && !lines[2].contains("'mem'"), "{stdout}");
+    assert_eq!(lines[3], "1", "only the session's own process is visible");
+    assert_eq!(lines[4], "usr 30", "read-only /usr: EROFS");
+    assert_eq!(lines[5], "0000000000000000", "no effective capabilities");
+}
