@@ -13,6 +13,7 @@ build:
 ## Every test: unit, end-to-end against the real binaries, and the REPL driver's.
 test: build
 	$(CARGO) test --workspace
+	cd sandbox-agent/driver && python3 -m unittest -q test_rlm_driver
 
 ## Formatting, clippy and the proto lint, as CI runs them.
 lint:

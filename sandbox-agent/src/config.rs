@@ -25,8 +25,38 @@ pub struct Cli {
     /// Largest context accepted by PutContext, in bytes [default: 1073741824].
     #[arg(long, env = "RLM_AGENT_MAX_CONTEXT_BYTES", value_name = "BYTES")]
     pub max_context_bytes: Option<String>,
+    /// Session isolation: full (namespaces, cgroups, seccomp; needs root) or none (development only, unsafe) [default: full].
+    #[arg(long, env = "RLM_AGENT_ISOLATION", value_name = "full|none")]
+    pub isolation: Option<String>,
+    /// Python interpreter the sessions run [default: /usr/bin/python3].
+    #[arg(long, env = "RLM_AGENT_PYTHON", value_name = "PATH")]
+    pub python: Option<String>,
+    /// Warm-pool size for the default limits profile [default: 4].
+    #[arg(long, env = "RLM_AGENT_POOL_SIZE", value_name = "N")]
+    pub pool_size: Option<String>,
+    /// Most live sessions at once [default: 256].
+    #[arg(long, env = "RLM_AGENT_MAX_SESSIONS", value_name = "N")]
+    pub max_sessions: Option<String>,
+    /// Range of dedicated session uids, FIRST-LAST [default: 200000-265535].
+    #[arg(long, env = "RLM_AGENT_UID_RANGE", value_name = "FIRST-LAST")]
+    pub uid_range: Option<String>,
+    /// Allow sessions that ask for network access (unsafe) [default: false].
+    #[arg(long, env = "RLM_AGENT_ALLOW_NETWORK", value_name = "BOOL")]
+    pub allow_network: Option<String>,
+    /// Comma-separated host path prefixes sessions may mount via allowed_paths [default: none].
+    #[arg(long, env = "RLM_AGENT_ALLOWED_PATHS", value_name = "PATHS")]
+    pub allowed_paths: Option<String>,
+    /// Name of the cgroup under which session cgroups are created [default: rlm-sandbox].
+    #[arg(long, env = "RLM_AGENT_CGROUP", value_name = "NAME")]
+    pub cgroup: Option<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationChoice {
+    Full,
+    None,
 }
 
 #[derive(Debug, Clone)]
@@ -35,7 +65,32 @@ pub struct Config {
     pub socket_mode: u32,
     pub data_dir: PathBuf,
     pub max_context_bytes: u64,
+    pub isolation: IsolationChoice,
+    pub python: PathBuf,
+    pub pool_size: usize,
+    pub max_sessions: usize,
+    pub uid_range: (u32, u32),
+    pub allow_network: bool,
+    pub allowed_path_prefixes: Vec<PathBuf>,
+    pub cgroup: String,
     pub service: ServiceSettings,
+}
+
+fn parse_count(max: usize) -> impl Fn(&str) -> Result<usize, String> {
+    move |v| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| format!("not a whole number from 0 to {max}"))
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("not a boolean".to_owned()),
+    }
 }
 
 impl Config {
@@ -91,6 +146,94 @@ impl Config {
                         .ok()
                         .filter(|n| (1..=1 << 40).contains(n))
                         .ok_or_else(|| "not a byte count in range".to_owned())
+                },
+            )?,
+            isolation: settings.get("isolation", "full", "full, none", |v| match v {
+                "full" => Ok(IsolationChoice::Full),
+                "none" => Ok(IsolationChoice::None),
+                _ => Err("unknown isolation mode".to_owned()),
+            })?,
+            python: settings.get(
+                "python",
+                "/usr/bin/python3",
+                "an absolute path to a python3 executable",
+                |v| {
+                    let path = PathBuf::from(v);
+                    if path.is_absolute() {
+                        Ok(path)
+                    } else {
+                        Err("must be absolute".to_owned())
+                    }
+                },
+            )?,
+            pool_size: settings.get(
+                "pool_size",
+                "4",
+                "a whole number from 0 to 256",
+                parse_count(256),
+            )?,
+            max_sessions: settings.get(
+                "max_sessions",
+                "256",
+                "a whole number from 1 to 65536",
+                |v| {
+                    parse_count(65_536)(v).and_then(|n| {
+                        if n == 0 {
+                            Err("must be at least 1".to_owned())
+                        } else {
+                            Ok(n)
+                        }
+                    })
+                },
+            )?,
+            uid_range: settings.get(
+                "uid_range",
+                "200000-265535",
+                "FIRST-LAST with 0 < FIRST <= LAST",
+                |v| {
+                    let (first, last) = v.split_once('-').ok_or("missing `-`")?;
+                    let first: u32 = first.trim().parse().map_err(|_| "FIRST is not a number")?;
+                    let last: u32 = last.trim().parse().map_err(|_| "LAST is not a number")?;
+                    if first == 0 || last < first {
+                        return Err("need 0 < FIRST <= LAST".to_owned());
+                    }
+                    Ok((first, last - first + 1))
+                },
+            )?,
+            allow_network: settings.get("allow_network", "false", "true, false", parse_bool)?,
+            allowed_path_prefixes: settings.get(
+                "allowed_paths",
+                "",
+                "comma-separated absolute paths",
+                |v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(|p| {
+                            let path = PathBuf::from(p);
+                            if path.is_absolute() {
+                                Ok(path)
+                            } else {
+                                Err(format!("{p} is not absolute"))
+                            }
+                        })
+                        .collect()
+                },
+            )?,
+            cgroup: settings.get(
+                "cgroup",
+                "rlm-sandbox",
+                "a name of letters, digits, - and _",
+                |v| {
+                    if !v.is_empty()
+                        && v.len() <= 64
+                        && v.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        Ok(v.to_owned())
+                    } else {
+                        Err("not a plain name".to_owned())
+                    }
                 },
             )?,
             service: ServiceSettings::resolve(&settings)?,

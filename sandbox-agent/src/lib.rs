@@ -5,3 +5,4 @@ pub mod config;
 pub mod context_store;
 pub mod isolation;
 pub mod service;
+pub mod session;

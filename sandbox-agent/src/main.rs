@@ -1,11 +1,20 @@
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use rlm_common::server::{self, Shutdown};
 use rlm_proto::rlm::sandbox::v1::sandbox_service_server::{SERVICE_NAME, SandboxServiceServer};
-use rlm_sandbox_agent::config::Config;
+use rlm_proto::rlm::sandbox::v1::{CgroupVersion, IsolationFeature, IsolationMode};
+use rlm_sandbox_agent::config::{Config, IsolationChoice};
 use rlm_sandbox_agent::context_store::ContextStore;
-use rlm_sandbox_agent::service::SandboxApi;
+use rlm_sandbox_agent::isolation::cgroup::{self, CgroupRoot};
+use rlm_sandbox_agent::isolation::uids::UidPool;
+use rlm_sandbox_agent::isolation::{preflight, seccomp};
+use rlm_sandbox_agent::service::{SandboxApi, StaticInfo};
+use rlm_sandbox_agent::session::launcher::{Isolation, Launcher};
+use rlm_sandbox_agent::session::limits::{Limits, Policy};
+use rlm_sandbox_agent::session::manager::Manager;
+use rlm_sandbox_agent::session::pool::Pool;
 
 fn main() -> std::process::ExitCode {
     let config = match Config::from_env() {
@@ -31,22 +40,177 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+const FULL_FEATURES: &[IsolationFeature] = &[
+    IsolationFeature::MountNamespace,
+    IsolationFeature::PidNamespace,
+    IsolationFeature::NetworkNamespace,
+    IsolationFeature::IpcNamespace,
+    IsolationFeature::UtsNamespace,
+    IsolationFeature::ReadonlyRoot,
+    IsolationFeature::SessionTmpfs,
+    IsolationFeature::SessionUid,
+    IsolationFeature::CgroupMemory,
+    IsolationFeature::CgroupPids,
+    IsolationFeature::CgroupCpu,
+    IsolationFeature::Rlimits,
+    IsolationFeature::Seccomp,
+    IsolationFeature::NoNewPrivs,
+    IsolationFeature::NoCapabilities,
+];
+
+/// Builds the launcher for the configured isolation, refusing to start when
+/// full isolation was asked for and cannot be had.
+fn build_launcher(config: &Config) -> anyhow::Result<(Launcher, StaticInfo)> {
+    let root_mount = config.data_dir.join("session-root");
+    std::fs::create_dir_all(&root_mount)
+        .with_context(|| format!("creating {}", root_mount.display()))?;
+    let scratch_dir = config.data_dir.join("scratch");
+    let python_version = std::process::Command::new(&config.python)
+        .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    match config.isolation {
+        IsolationChoice::None => {
+            std::fs::create_dir_all(&scratch_dir)
+                .with_context(|| format!("creating {}", scratch_dir.display()))?;
+            let warning = "isolation=none: sessions run as plain child processes of the agent with its privileges; \
+                           model-written code can read and change this host. Development only."
+                .to_owned();
+            tracing::warn!("{warning}");
+            Ok((
+                Launcher {
+                    isolation: Isolation::None,
+                    python: config.python.clone(),
+                    python_prefix: None,
+                    root_mount,
+                    scratch_dir,
+                },
+                StaticInfo {
+                    isolation_mode: IsolationMode::None,
+                    features: Vec::new(),
+                    cgroup_version: CgroupVersion::None,
+                    warnings: vec![warning],
+                    python_version,
+                },
+            ))
+        }
+        IsolationChoice::Full => {
+            let mut missing = preflight::missing(&config.python);
+            let cgroups = match CgroupRoot::detect(&config.cgroup) {
+                Ok(root) => Some(root),
+                Err(err) => {
+                    missing.push(format!("cgroups: {err}"));
+                    None
+                }
+            };
+            let filter = match seccomp::sandbox_filter() {
+                Ok(filter) => Some(filter),
+                Err(err) => {
+                    missing.push(format!("seccomp filter: {err}"));
+                    None
+                }
+            };
+            let (Some(cgroups), Some(filter), true) = (cgroups, filter, missing.is_empty()) else {
+                bail!(
+                    "cannot isolate sessions on this host; missing:\n  - {}\n(run as root on Linux with cgroups, \
+                     or start with --isolation=none for unsafe local development)",
+                    missing.join("\n  - ")
+                );
+            };
+            let reaped = cgroups
+                .reap_stale()
+                .context("reaping session cgroups left by a previous agent")?;
+            if reaped > 0 {
+                tracing::warn!(reaped, "removed session cgroups left by a previous agent");
+            }
+            let version = match cgroups.version() {
+                cgroup::CgroupVersion::V1 => CgroupVersion::V1,
+                cgroup::CgroupVersion::V2 => CgroupVersion::V2,
+            };
+            let mut warnings = Vec::new();
+            if !cgroups.limits_swap() {
+                warnings.push(
+                    "the kernel does not account swap: memory limits do not cover swap".to_owned(),
+                );
+            }
+            Ok((
+                Launcher {
+                    isolation: Isolation::Full {
+                        cgroups,
+                        seccomp: Arc::new(filter),
+                        uids: UidPool::new(config.uid_range.0, config.uid_range.1)?,
+                    },
+                    python: config.python.clone(),
+                    python_prefix: preflight::python_prefix(&config.python),
+                    root_mount,
+                    scratch_dir,
+                },
+                StaticInfo {
+                    isolation_mode: IsolationMode::Full,
+                    features: FULL_FEATURES.to_vec(),
+                    cgroup_version: version,
+                    warnings,
+                    python_version,
+                },
+            ))
+        }
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let telemetry = rlm_common::telemetry::init("rlm-sandbox-agent", config.service.log_format)?;
-    let contexts = ContextStore::open(&config.data_dir.join("contexts"), config.max_context_bytes)
-        .with_context(|| {
-            format!(
-                "opening the context store in {} (RLM_AGENT_DATA_DIR)",
-                config.data_dir.display()
-            )
-        })?;
+    let contexts = Arc::new(
+        ContextStore::open(&config.data_dir.join("contexts"), config.max_context_bytes)
+            .with_context(|| {
+                format!(
+                    "opening the context store in {} (RLM_AGENT_DATA_DIR)",
+                    config.data_dir.display()
+                )
+            })?,
+    );
+    let (launcher, info) = build_launcher(&config)?;
+    let launcher = Arc::new(launcher);
+    let pool = Pool::new(Limits::default().profile(), config.pool_size);
+    let manager = Manager::new(
+        launcher.clone(),
+        pool.clone(),
+        contexts.clone(),
+        config.max_sessions,
+    );
     let shutdown = Shutdown::new();
+
+    let pool_task = tokio::spawn(pool.clone().run(launcher.clone(), shutdown.wait()));
+    let expiry_task = tokio::spawn({
+        let manager = manager.clone();
+        let stop = shutdown.wait();
+        async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => { manager.expire().await; }
+                    () = &mut stop => return,
+                }
+            }
+        }
+    });
 
     let mut builder = server::builder();
     let (router, reporter) =
         server::with_standard_services(&mut builder, &[rlm_proto::FILE_DESCRIPTOR_SET])?;
+    let host_cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let api = SandboxApi {
-        contexts: Arc::new(contexts),
+        contexts,
+        manager: manager.clone(),
+        policy: Policy {
+            host_cpus,
+            allow_network: config.allow_network,
+            allowed_path_prefixes: config.allowed_path_prefixes.clone(),
+        },
+        info: info.clone(),
         started_at: std::time::SystemTime::now(),
     };
     let grpc = router.add_service(
@@ -61,6 +225,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
+        isolation = ?info.isolation_mode,
+        pool_size = config.pool_size,
         tracing = telemetry.exporting(),
         version = rlm_common::VERSION,
         "rlm-sandbox-agent serving"
@@ -80,6 +246,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let served = server::serve(grpc, &config.listen, config.socket_mode, shutdown.wait());
     let result =
         server::drain_with_deadline(served, &shutdown, config.service.drain.deadline).await;
+    expiry_task.abort();
+    manager.destroy_all().await;
+    let _ = pool_task.await;
     tracing::info!("rlm-sandbox-agent stopped");
     telemetry.shutdown().await;
     result.with_context(|| format!("gRPC server on {} (RLM_AGENT_LISTEN)", config.listen))

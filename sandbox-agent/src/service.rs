@@ -1,21 +1,43 @@
-//! `rlm.sandbox.v1.SandboxService`. Sessions and execution belong to the
-//! isolation and session modules (a later piece of work); until they land those
-//! RPCs answer UNIMPLEMENTED, while contexts and info are served for real.
+//! `rlm.sandbox.v1.SandboxService` over the session manager and the context store.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
 use rlm_proto::rlm::sandbox::v1::sandbox_service_server::SandboxService;
 use rlm_proto::rlm::sandbox::v1::*;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context_store::{ContextStore, ContextStoreError, UploadExpectations};
+use crate::session::limits::{self, Policy};
+use crate::session::manager::{EndReason, Labels, Manager, ManagerError, Session};
+use crate::session::process::{CellEvent, CellInput, Stream as OutStream};
+use crate::session::protocol::{SubcallAnswer, SubcallItem, SubcallKind as DriverKind};
 
 pub struct SandboxApi {
     pub contexts: Arc<ContextStore>,
-    pub started_at: std::time::SystemTime,
+    pub manager: Arc<Manager>,
+    pub policy: Policy,
+    pub info: StaticInfo,
+    pub started_at: SystemTime,
 }
+
+/// What GetInfo reports that does not change while the agent runs.
+#[derive(Debug, Clone, Default)]
+pub struct StaticInfo {
+    pub isolation_mode: IsolationMode,
+    pub features: Vec<IsolationFeature>,
+    pub cgroup_version: CgroupVersion,
+    pub warnings: Vec<String>,
+    pub python_version: String,
+}
+
+const DEFAULT_CELL_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_CELL_TIMEOUT: Duration = Duration::from_secs(86_400);
+const MAX_CODE_BYTES: usize = 8 << 20;
 
 fn store_error(err: ContextStoreError) -> Status {
     match err {
@@ -30,11 +52,75 @@ fn store_error(err: ContextStoreError) -> Status {
     }
 }
 
-type ExecuteStream = Pin<Box<dyn Stream<Item = Result<ExecuteResponse, Status>> + Send>>;
-
-fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!("{method} is not available in this build"))
+fn manager_error(err: ManagerError) -> Status {
+    match &err {
+        ManagerError::UnknownContext { .. } => Status::invalid_argument(err.to_string()),
+        ManagerError::TooMany(_) => Status::resource_exhausted(err.to_string()),
+        ManagerError::NotFound(_) => Status::not_found(format!("session_id: {err}")),
+        ManagerError::Busy(_) | ManagerError::Ended { .. } => {
+            Status::failed_precondition(err.to_string())
+        }
+        ManagerError::Launch(_) | ManagerError::ContextIo { .. } | ManagerError::Attach(_) => {
+            tracing::error!("{err}");
+            Status::internal(err.to_string())
+        }
+    }
 }
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    time.into()
+}
+
+fn session_info(session: &Session) -> SessionInfo {
+    let state = if session.ended_reason().is_some() {
+        SessionState::Ended
+    } else if session.is_busy() {
+        SessionState::Executing
+    } else {
+        SessionState::Idle
+    };
+    SessionInfo {
+        session_id: session.id.clone(),
+        state: state as i32,
+        created_at: Some(timestamp(session.created_at)),
+        last_used_at: Some(timestamp(session.last_used())),
+        profile: session.limits.profile().name(),
+        limits: Some(session.limits.to_proto()),
+        labels: Some(SessionLabels {
+            completion_id: session.labels.completion_id.clone(),
+            depth: session.labels.depth,
+            node_id: session.labels.node_id.clone(),
+        }),
+        context_ids: session.context_ids.clone(),
+        executions: session
+            .executions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        pid_count: None,
+        memory_bytes: None,
+    }
+}
+
+fn duration_from(
+    d: Option<&prost_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, Status> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(None),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(Status::invalid_argument(format!(
+            "{field}: must not be negative"
+        ))),
+        Some(d) => {
+            let value = Duration::new(d.seconds as u64, d.nanos as u32);
+            if value > MAX_CELL_TIMEOUT {
+                return Err(Status::invalid_argument(format!("{field}: at most 24 h")));
+            }
+            Ok(Some(value))
+        }
+    }
+}
+
+type ExecuteStream = Pin<Box<dyn Stream<Item = Result<ExecuteResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl SandboxService for SandboxApi {
@@ -42,23 +128,73 @@ impl SandboxService for SandboxApi {
 
     async fn create_session(
         &self,
-        _request: Request<CreateSessionRequest>,
+        request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
-        Err(not_yet("CreateSession"))
+        let request = request.into_inner();
+        let limits = limits::resolve(request.limits.as_ref(), &self.policy).map_err(|err| {
+            if err.denied {
+                Status::permission_denied(err.to_string())
+            } else {
+                Status::invalid_argument(err.to_string())
+            }
+        })?;
+        if request.context_ids.len() > 64 {
+            return Err(Status::invalid_argument("context_ids: at most 64"));
+        }
+        for (index, id) in request.context_ids.iter().enumerate() {
+            if crate::context_store::parse_context_id(id).is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "context_ids[{index}]: {id:?} is not sha256:<64 hex>"
+                )));
+            }
+        }
+        let labels = request.labels.map_or_else(Labels::default, |l| Labels {
+            completion_id: l.completion_id,
+            depth: l.depth,
+            node_id: l.node_id,
+        });
+        let session = self
+            .manager
+            .create(limits, request.context_ids, labels)
+            .await
+            .map_err(manager_error)?;
+        tracing::info!(session = %session.id, from_pool = session.from_pool, "session created");
+        Ok(Response::new(CreateSessionResponse {
+            session_id: session.id.clone(),
+            from_warm_pool: session.from_pool,
+            profile: session.limits.profile().name(),
+            limits: Some(session.limits.to_proto()),
+        }))
     }
 
     async fn destroy_session(
         &self,
-        _request: Request<DestroySessionRequest>,
+        request: Request<DestroySessionRequest>,
     ) -> Result<Response<DestroySessionResponse>, Status> {
-        Err(not_yet("DestroySession"))
+        let id = request.into_inner().session_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("session_id: required"));
+        }
+        let existed = self.manager.destroy(&id).await;
+        if existed {
+            tracing::info!(session = %id, "session destroyed");
+        }
+        Ok(Response::new(DestroySessionResponse { existed }))
     }
 
     async fn list_sessions(
         &self,
-        _request: Request<ListSessionsRequest>,
+        request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        Err(not_yet("ListSessions"))
+        let filter = request.into_inner().completion_id;
+        let sessions = self
+            .manager
+            .list()
+            .iter()
+            .filter(|s| filter.is_empty() || s.labels.completion_id == filter)
+            .map(|s| session_info(s))
+            .collect();
+        Ok(Response::new(ListSessionsResponse { sessions }))
     }
 
     async fn get_info(
@@ -66,16 +202,31 @@ impl SandboxService for SandboxApi {
         _request: Request<GetInfoRequest>,
     ) -> Result<Response<GetInfoResponse>, Status> {
         let (contexts, bytes) = self.contexts.stats();
+        let pool = self.manager.pool().stats().await;
         Ok(Response::new(GetInfoResponse {
             agent_version: rlm_common::VERSION.to_owned(),
-            isolation_mode: IsolationMode::None as i32,
-            warnings: vec!["sessions are not available in this build".to_owned()],
+            python_version: self.info.python_version.clone(),
+            isolation_mode: self.info.isolation_mode as i32,
+            isolation_features: self.info.features.iter().map(|f| *f as i32).collect(),
+            cgroup_version: self.info.cgroup_version as i32,
+            warnings: self.info.warnings.clone(),
+            pools: vec![PoolStats {
+                profile: pool.profile,
+                target_size: pool.target as u32,
+                ready: pool.ready as u32,
+                starting: pool.starting as u32,
+                hits: pool.hits,
+                misses: pool.misses,
+                ..Default::default()
+            }],
+            live_sessions: self.manager.count() as u32,
+            default_limits: Some(limits::Limits::default().to_proto()),
+            max_limits: None,
             context_store: Some(ContextStoreStats {
                 context_count: contexts,
                 total_bytes: bytes,
             }),
-            started_at: Some(self.started_at.into()),
-            ..Default::default()
+            started_at: Some(timestamp(self.started_at)),
         }))
     }
 
@@ -125,8 +276,247 @@ impl SandboxService for SandboxApi {
 
     async fn execute(
         &self,
-        _request: Request<Streaming<ExecuteRequest>>,
+        request: Request<Streaming<ExecuteRequest>>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
-        Err(not_yet("Execute"))
+        let mut inbound = request.into_inner();
+        let start = match inbound.message().await?.and_then(|m| m.payload) {
+            Some(execute_request::Payload::Start(start)) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "start: the first message must be ExecuteStart",
+                ));
+            }
+        };
+        if start.session_id.is_empty() {
+            return Err(Status::invalid_argument("start.session_id: required"));
+        }
+        if start.code.len() > MAX_CODE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "start.code: at most {MAX_CODE_BYTES} bytes"
+            )));
+        }
+        let timeout =
+            duration_from(start.timeout.as_ref(), "start.timeout")?.unwrap_or(DEFAULT_CELL_TIMEOUT);
+        let session = self.manager.get(&start.session_id).ok_or_else(|| {
+            Status::not_found(format!("session_id: no session {}", start.session_id))
+        })?;
+        if session.is_busy() {
+            return Err(Status::failed_precondition(format!(
+                "session {} is running another Execute",
+                session.id
+            )));
+        }
+
+        let (outbound, responses) = mpsc::channel::<Result<ExecuteResponse, Status>>(32);
+        let manager = self.manager.clone();
+        tokio::spawn(run_execute(manager, start, timeout, inbound, outbound));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(responses),
+        )))
+    }
+}
+
+/// Prompt counts of sub-calls sent and not yet answered, to validate answers.
+type Outstanding = Arc<Mutex<HashMap<u64, usize>>>;
+
+async fn run_execute(
+    manager: Arc<Manager>,
+    start: ExecuteStart,
+    timeout: Duration,
+    mut inbound: Streaming<ExecuteRequest>,
+    outbound: mpsc::Sender<Result<ExecuteResponse, Status>>,
+) {
+    let (events_tx, mut events_rx) = mpsc::channel::<CellEvent>(16);
+    let (inputs_tx, mut inputs_rx) = mpsc::channel::<CellInput>(16);
+    let outstanding: Outstanding = Arc::default();
+
+    // Client → cell: answers and interrupts. A broken client stream interrupts the cell.
+    let reader = {
+        let outstanding = outstanding.clone();
+        let outbound = outbound.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => match message.payload {
+                        Some(execute_request::Payload::SubcallResponse(response)) => {
+                            let expected = outstanding
+                                .lock()
+                                .ok()
+                                .and_then(|mut o| o.remove(&response.id));
+                            match expected {
+                                Some(count) if count == response.results.len() => {
+                                    let answer = to_answer(response);
+                                    if inputs_tx.send(CellInput::Answer(answer)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Some(count) => {
+                                    let _ = outbound
+                                        .send(Err(Status::invalid_argument(format!(
+                                            "subcall_response.results: {} results for {count} prompts",
+                                            response.results.len()
+                                        ))))
+                                        .await;
+                                    let _ = inputs_tx.send(CellInput::Interrupt).await;
+                                    return;
+                                }
+                                None => {
+                                    let _ = outbound
+                                        .send(Err(Status::invalid_argument(format!(
+                                            "subcall_response.id: {} is not an outstanding sub-call",
+                                            response.id
+                                        ))))
+                                        .await;
+                                    let _ = inputs_tx.send(CellInput::Interrupt).await;
+                                    return;
+                                }
+                            }
+                        }
+                        Some(execute_request::Payload::Interrupt(interrupt)) => {
+                            tracing::info!(reason = %interrupt.reason, "cell interrupted by the client");
+                            let _ = inputs_tx.send(CellInput::Interrupt).await;
+                        }
+                        Some(execute_request::Payload::Start(_)) | None => {
+                            let _ = outbound
+                                .send(Err(Status::invalid_argument(
+                                    "start: only the first message may be ExecuteStart",
+                                )))
+                                .await;
+                            let _ = inputs_tx.send(CellInput::Interrupt).await;
+                            return;
+                        }
+                    },
+                    Ok(None) => return,
+                    Err(_) => {
+                        let _ = inputs_tx.send(CellInput::Interrupt).await;
+                        return;
+                    }
+                }
+            }
+        })
+    };
+
+    // Cell → client: output and sub-call requests.
+    let writer = {
+        let outbound = outbound.clone();
+        let outstanding = outstanding.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                let payload = match event {
+                    CellEvent::Output(stream, data) => {
+                        execute_response::Payload::Output(OutputChunk {
+                            stream: match stream {
+                                OutStream::Stdout => OutputStream::Stdout,
+                                OutStream::Stderr => OutputStream::Stderr,
+                            } as i32,
+                            data,
+                        })
+                    }
+                    CellEvent::Subcall(subcall) => {
+                        if let Ok(mut o) = outstanding.lock() {
+                            o.insert(subcall.id, subcall.prompts.len());
+                        }
+                        execute_response::Payload::SubcallRequest(SubcallRequest {
+                            id: subcall.id,
+                            kind: match subcall.kind {
+                                DriverKind::Llm => SubcallKind::LlmQuery,
+                                DriverKind::Rlm => SubcallKind::RlmQuery,
+                            } as i32,
+                            prompts: subcall.prompts,
+                            model: subcall.model.unwrap_or_default(),
+                            batched: subcall.batched,
+                            contexts: subcall
+                                .contexts
+                                .into_iter()
+                                .map(|c| SubcallContext {
+                                    source: c.map(|c| subcall_context::Source::Text(c.text)),
+                                })
+                                .collect(),
+                        })
+                    }
+                };
+                if outbound
+                    .send(Ok(ExecuteResponse {
+                        payload: Some(payload),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+
+    let outcome = manager
+        .execute(
+            &start.session_id,
+            &start.code,
+            timeout,
+            &events_tx,
+            &mut inputs_rx,
+        )
+        .await;
+    drop(events_tx);
+    let _ = writer.await;
+    reader.abort();
+    let message = match outcome {
+        Err(err) => Err(manager_error(err)),
+        Ok(outcome) => {
+            let cell = outcome.cell;
+            let done = cell.done.unwrap_or_default();
+            Ok(ExecuteResponse {
+                payload: Some(execute_response::Payload::Result(ExecuteResult {
+                    final_called: done.final_called,
+                    final_value: if done.final_called {
+                        done.final_value
+                    } else {
+                        None
+                    },
+                    error: done.error.map(|e| ExecutionError {
+                        exception_type: e.kind,
+                        message: e.message,
+                        traceback: e.traceback,
+                    }),
+                    timed_out: cell.timed_out,
+                    interrupted: cell.interrupted,
+                    session_ended: outcome.end_reason.is_some(),
+                    end_reason: match outcome.end_reason {
+                        None => SessionEndReason::Unspecified,
+                        Some(EndReason::OomKilled) => SessionEndReason::OomKilled,
+                        Some(EndReason::TimeoutKilled) if cell.timed_out => {
+                            SessionEndReason::TimeoutKilled
+                        }
+                        Some(EndReason::TimeoutKilled) => SessionEndReason::InterruptKilled,
+                        Some(EndReason::Crashed) => SessionEndReason::Crashed,
+                        Some(EndReason::ProtocolViolation) => SessionEndReason::ProtocolError,
+                        Some(EndReason::Abandoned) => SessionEndReason::InterruptKilled,
+                    } as i32,
+                    end_detail: outcome.end_detail,
+                    truncated: cell.truncated,
+                    output_bytes: cell.output_bytes,
+                    cpu_ms: outcome.cpu_ms,
+                    max_rss_bytes: outcome.max_rss_bytes,
+                    wall_duration: prost_types::Duration::try_from(cell.wall).ok(),
+                    subcalls: cell.subcalls,
+                })),
+            })
+        }
+    };
+    let _ = outbound.send(message).await;
+}
+
+fn to_answer(response: SubcallResponse) -> SubcallAnswer {
+    SubcallAnswer {
+        id: response.id,
+        results: response
+            .results
+            .into_iter()
+            .map(|r| match r.outcome {
+                Some(subcall_result::Outcome::Text(text)) => SubcallItem::Text(text),
+                Some(subcall_result::Outcome::Error(error)) => SubcallItem::Error(error),
+                None => SubcallItem::Error(String::new()),
+            })
+            .collect(),
     }
 }

@@ -16,7 +16,9 @@ fn require_root() {
 
 fn read_all(fd: OwnedFd) -> String {
     let mut text = String::new();
-    std::fs::File::from(fd).read_to_string(&mut text).expect("read");
+    std::fs::File::from(fd)
+        .read_to_string(&mut text)
+        .expect("read");
     text
 }
 
@@ -67,13 +69,33 @@ print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
     nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child.pid), None).expect("wait");
     eprintln!("spawn to exec: {spawn_time:?}\n{stdout}\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.first().copied(), Some("201000 201000 1 sandbox"), "{stdout}{stderr}");
+    assert_eq!(
+        lines.first().copied(),
+        Some("201000 201000 1 sandbox"),
+        "{stdout}{stderr}"
+    );
     // Only the planned entries: no /sys, /home, /root, /var, /run...
-    let allowed = ["bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "work"];
-    let listed: Vec<&str> = lines[1].trim_matches(['[', ']']).split(", ").map(|s| s.trim_matches('\'')).collect();
-    assert!(listed.iter().all(|name| allowed.contains(name)), "{listed:?}");
-    assert!(!listed.contains(&"sys") && listed.contains(&"work"), "{listed:?}");
-    assert!(lines[2].contains("'null'") && !lines[2].contains("'sda'") && !lines[2].contains("'mem'"), "{stdout}");
+    let allowed = [
+        "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr",
+        "work",
+    ];
+    let listed: Vec<&str> = lines[1]
+        .trim_matches(['[', ']'])
+        .split(", ")
+        .map(|s| s.trim_matches('\''))
+        .collect();
+    assert!(
+        listed.iter().all(|name| allowed.contains(name)),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&"sys") && listed.contains(&"work"),
+        "{listed:?}"
+    );
+    assert!(
+        lines[2].contains("'null'") && !lines[2].contains("'sda'") && !lines[2].contains("'mem'"),
+        "{stdout}"
+    );
     assert_eq!(lines[3], "1", "only the session's own process is visible");
     assert_eq!(lines[4], "usr 30", "read-only /usr: EROFS");
     assert_eq!(lines[5], "0000000000000000", "no effective capabilities");

@@ -5,6 +5,7 @@
 //! --bins` before `cargo test`); a missing binary fails with that instruction.
 
 pub mod otlp_collector;
+pub mod sandbox;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,44 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {name}: {err}"));
+        Self {
+            name,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Like [`Service::start`], but the process gets SIGKILL when the thread
+    /// that started it exits (for services shared by a whole test binary).
+    pub fn start_dying_with_parent(
+        name: &'static str,
+        dir: &Path,
+        env: &HashMap<String, String>,
+        args: &[&str],
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log).expect("creating service log");
+        let mut command = Command::new(binary(name));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file);
+        // SAFETY: prctl with scalar arguments is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = command
             .spawn()
             .unwrap_or_else(|err| panic!("starting {name}: {err}"));
         Self {

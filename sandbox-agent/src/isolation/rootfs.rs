@@ -8,17 +8,38 @@ use std::path::{Path, PathBuf};
 /// One step, with `target` relative to the new root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    Mkdir { target: PathBuf, mode: u32 },
+    Mkdir {
+        target: PathBuf,
+        mode: u32,
+    },
     /// A tmpfs; `options` is the mount data (`size=…,nr_inodes=…,mode=…,uid=…`).
-    Tmpfs { target: PathBuf, options: String, noexec: bool },
+    Tmpfs {
+        target: PathBuf,
+        options: String,
+        noexec: bool,
+    },
     /// A bind mount of a host path, read-only unless `writable`; the target is
     /// created as a directory or an empty file to match the source.
-    Bind { source: PathBuf, target: PathBuf, writable: bool, is_dir: bool },
-    Symlink { target: PathBuf, points_to: PathBuf },
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        writable: bool,
+        is_dir: bool,
+    },
+    Symlink {
+        target: PathBuf,
+        points_to: PathBuf,
+    },
     /// A fresh procfs (shows only the session's PID namespace).
-    Proc { target: PathBuf },
+    Proc {
+        target: PathBuf,
+    },
     /// A file written with `contents` (e.g. the generated /etc/passwd).
-    File { target: PathBuf, contents: Vec<u8>, mode: u32 },
+    File {
+        target: PathBuf,
+        contents: Vec<u8>,
+        mode: u32,
+    },
 }
 
 /// What a session's filesystem depends on.
@@ -44,7 +65,14 @@ const SYSTEM_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64",
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
 /// procfs files that leak host-wide information even to an unprivileged reader.
-const MASKED_PROC_FILES: &[&str] = &["kcore", "keys", "timer_list", "sched_debug", "sysrq-trigger", "latency_stats"];
+const MASKED_PROC_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "sysrq-trigger",
+    "latency_stats",
+];
 
 /// How a host top-level entry looks, as needed by the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +94,11 @@ fn inspect(path: &Path) -> HostEntry {
 
 /// The plan for this host.
 pub fn plan(spec: &RootfsSpec) -> Vec<Step> {
-    plan_with(spec, |name| inspect(&Path::new("/").join(name)), |path| path.exists())
+    plan_with(
+        spec,
+        |name| inspect(&Path::new("/").join(name)),
+        |path| path.exists(),
+    )
 }
 
 /// The plan, with host facts supplied by `entry` (top-level names) and
@@ -168,7 +200,12 @@ pub fn plan_with(
             is_dir: false,
         });
     }
-    for (link, points_to) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    for (link, points_to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         steps.push(Step::Symlink {
             target: Path::new("dev").join(link),
             points_to: points_to.into(),
@@ -273,7 +310,11 @@ mod tests {
             target: "bin".into(),
             points_to: "usr/bin".into()
         }));
-        assert!(!steps.iter().any(|s| matches!(s, Step::Bind { target, .. } if target == Path::new("sbin"))));
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, Step::Bind { target, .. } if target == Path::new("sbin")))
+        );
         assert!(steps.contains(&Step::Bind {
             source: "/opt/python3.11".into(),
             target: "opt/python3.11".into(),
@@ -289,19 +330,28 @@ mod tests {
             .iter()
             .filter_map(|s| match s {
                 Step::Bind {
-                    source, writable: true, ..
+                    source,
+                    writable: true,
+                    ..
                 } => Some(source.as_path()),
                 _ => None,
             })
             .collect();
-        let mut expected: Vec<PathBuf> = DEVICES.iter().map(|d| Path::new("/dev").join(d)).collect();
+        let mut expected: Vec<PathBuf> =
+            DEVICES.iter().map(|d| Path::new("/dev").join(d)).collect();
         expected.push("/data/rw".into());
-        assert_eq!(writable_binds, expected.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+        assert_eq!(
+            writable_binds,
+            expected.iter().map(PathBuf::as_path).collect::<Vec<_>>()
+        );
         // No /sys, no host /etc, no host /dev.
         for step in &steps {
             if let Step::Bind { source, .. } = step {
                 assert!(!source.starts_with("/sys"), "{step:?}");
-                assert!(source != Path::new("/etc") && source != Path::new("/dev"), "{step:?}");
+                assert!(
+                    source != Path::new("/etc") && source != Path::new("/dev"),
+                    "{step:?}"
+                );
             }
         }
     }
@@ -313,17 +363,27 @@ mod tests {
             let options = steps
                 .iter()
                 .find_map(|s| match s {
-                    Step::Tmpfs { target: t, options, .. } if t == Path::new(target) => Some(options.clone()),
+                    Step::Tmpfs {
+                        target: t, options, ..
+                    } if t == Path::new(target) => Some(options.clone()),
                     _ => None,
                 })
                 .unwrap_or_else(|| panic!("{target} tmpfs"));
-            assert!(options.contains(&format!("size={}", 64u64 << 20)), "{options}");
-            assert!(options.contains("uid=200123") && options.contains("nr_inodes=4096"), "{options}");
+            assert!(
+                options.contains(&format!("size={}", 64u64 << 20)),
+                "{options}"
+            );
+            assert!(
+                options.contains("uid=200123") && options.contains("nr_inodes=4096"),
+                "{options}"
+            );
         }
         let passwd = steps
             .iter()
             .find_map(|s| match s {
-                Step::File { target, contents, .. } if target == Path::new("etc/passwd") => Some(contents.clone()),
+                Step::File {
+                    target, contents, ..
+                } if target == Path::new("etc/passwd") => Some(contents.clone()),
                 _ => None,
             })
             .expect("passwd");
@@ -333,7 +393,9 @@ mod tests {
     #[test]
     fn network_opt_in_adds_resolver_files_only_then() {
         let without = plan_with(&spec(), merged_usr, |_| true);
-        assert!(!without.iter().any(|s| matches!(s, Step::Bind { target, .. } if target == Path::new("etc/resolv.conf"))));
+        assert!(!without.iter().any(
+            |s| matches!(s, Step::Bind { target, .. } if target == Path::new("etc/resolv.conf"))
+        ));
         let with = plan_with(
             &RootfsSpec {
                 network: true,
@@ -342,6 +404,8 @@ mod tests {
             merged_usr,
             |_| true,
         );
-        assert!(with.iter().any(|s| matches!(s, Step::Bind { target, .. } if target == Path::new("etc/resolv.conf"))));
+        assert!(with.iter().any(
+            |s| matches!(s, Step::Bind { target, .. } if target == Path::new("etc/resolv.conf"))
+        ));
     }
 }

@@ -64,6 +64,8 @@ pub enum SpawnError {
     },
     #[error("the session process did not finish its setup within {0:?}")]
     SetupTimeout(Duration),
+    #[error("the session process did not finish its setup within {timeout:?} ({stuck_in})")]
+    Stuck { timeout: Duration, stuck_in: String },
     #[error("placing the session process in its cgroup: {0}")]
     Cgroup(String),
 }
@@ -106,6 +108,7 @@ const STEP_NAMES: &[&str] = &[
     "execve",
     "chdir",
     "create file",
+    "unshare cgroup namespace",
 ];
 
 fn step_code(name: &str) -> u32 {
@@ -114,16 +117,39 @@ fn step_code(name: &str) -> u32 {
 
 /// A step ready for the child: every path absolute and NUL-terminated.
 enum Prepared {
-    Mkdir { path: CString, mode: u32 },
-    Tmpfs { target: CString, data: CString, flags: libc::c_ulong },
-    Bind { source: CString, target: CString, readonly: bool, is_dir: bool },
-    Symlink { link: CString, points_to: CString },
-    Proc { target: CString },
-    File { path: CString, contents: Vec<u8>, mode: u32 },
+    Mkdir {
+        path: CString,
+        mode: u32,
+    },
+    Tmpfs {
+        target: CString,
+        data: CString,
+        flags: libc::c_ulong,
+    },
+    Bind {
+        source: CString,
+        target: CString,
+        readonly: bool,
+        is_dir: bool,
+    },
+    Symlink {
+        link: CString,
+        points_to: CString,
+    },
+    Proc {
+        target: CString,
+    },
+    File {
+        path: CString,
+        contents: Vec<u8>,
+        mode: u32,
+    },
 }
 
 fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
-    CString::new(bytes).map_err(|_| SpawnError::Prepare(format!("NUL byte in {:?}", String::from_utf8_lossy(bytes))))
+    CString::new(bytes).map_err(|_| {
+        SpawnError::Prepare(format!("NUL byte in {:?}", String::from_utf8_lossy(bytes)))
+    })
 }
 
 fn cpath(path: &Path) -> Result<CString, SpawnError> {
@@ -131,7 +157,11 @@ fn cpath(path: &Path) -> Result<CString, SpawnError> {
 }
 
 /// The absolute path of `target` under the new root, and its missing ancestors.
-fn under_root(root: &Path, target: &Path, ancestors: &mut Vec<Prepared>) -> Result<CString, SpawnError> {
+fn under_root(
+    root: &Path,
+    target: &Path,
+    ancestors: &mut Vec<Prepared>,
+) -> Result<CString, SpawnError> {
     let full = root.join(target);
     let mut partial = root.to_path_buf();
     if let Some(parent) = target.parent() {
@@ -154,7 +184,11 @@ fn prepare_steps(root: &Path, steps: &[Step]) -> Result<Vec<Prepared>, SpawnErro
                 let path = under_root(root, target, &mut out)?;
                 out.push(Prepared::Mkdir { path, mode: *mode });
             }
-            Step::Tmpfs { target, options, noexec } => {
+            Step::Tmpfs {
+                target,
+                options,
+                noexec,
+            } => {
                 let path = under_root(root, target, &mut out)?;
                 out.push(Prepared::Mkdir {
                     path: path.clone(),
@@ -258,7 +292,7 @@ struct ChildPlan<'a> {
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     cwd: CString,
-    seccomp: Option<libc::sock_fprog>,
+    seccomp: Option<&'a seccompiler::BpfProgram>,
     // fds the child places at 0, 1, 2, 3
     stdin: RawFd,
     stdout: RawFd,
@@ -270,7 +304,10 @@ struct ChildPlan<'a> {
 
 /// Starts the process. `place` runs in the parent after the child exists and
 /// before it proceeds (used to put it into its cgroup); an error there kills it.
-pub fn spawn(spec: &SpawnSpec, place: impl FnOnce(i32) -> Result<(), String>) -> Result<Spawned, SpawnError> {
+pub fn spawn(
+    spec: &SpawnSpec,
+    place: impl FnOnce(i32) -> Result<(), String>,
+) -> Result<Spawned, SpawnError> {
     let (agent_control, child_control) = socketpair()?;
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
@@ -290,15 +327,16 @@ pub fn spawn(spec: &SpawnSpec, place: impl FnOnce(i32) -> Result<(), String>) ->
     let args: Vec<CString> = std::iter::once(cpath(&spec.program))
         .chain(spec.args.iter().map(|a| cstring(a.as_bytes())))
         .collect::<Result<_, _>>()?;
-    let env: Vec<CString> = spec.env.iter().map(|e| cstring(e.as_bytes())).collect::<Result<_, _>>()?;
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|e| cstring(e.as_bytes()))
+        .collect::<Result<_, _>>()?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
-    let seccomp = spec.seccomp.as_ref().map(|program| libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_ptr() as *mut libc::sock_filter,
-    });
+    let seccomp = spec.seccomp.as_deref();
     let plan = ChildPlan {
         isolate: spec.isolate,
         root: cpath(&spec.root_mount)?,
@@ -325,7 +363,9 @@ pub fn spawn(spec: &SpawnSpec, place: impl FnOnce(i32) -> Result<(), String>) ->
 
     let mut flags = libc::SIGCHLD as libc::c_long;
     if spec.isolate {
-        flags |= (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP)
+        // CLONE_NEWCGROUP comes later, in the child, once the parent has moved
+        // it into its session cgroup: a cgroup namespace is rooted where it is made.
+        flags |= (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS)
             as libc::c_long;
         if !spec.share_network {
             flags |= libc::CLONE_NEWNET as libc::c_long;
@@ -343,7 +383,14 @@ pub fn spawn(spec: &SpawnSpec, place: impl FnOnce(i32) -> Result<(), String>) ->
         child_main(&plan);
     }
     let pid = pid as i32;
-    drop((child_control, stdout_write, stderr_write, devnull, sync_read, error_write));
+    drop((
+        child_control,
+        stdout_write,
+        stderr_write,
+        devnull,
+        sync_read,
+        error_write,
+    ));
     drop(plan);
 
     let kill_and_reap = |pid: i32| {
@@ -383,11 +430,53 @@ pub fn spawn(spec: &SpawnSpec, place: impl FnOnce(i32) -> Result<(), String>) ->
                 source: std::io::Error::from_raw_os_error(errno),
             })
         }
+        Err(SpawnError::SetupTimeout(timeout)) => {
+            let stuck_in = describe_stuck(pid);
+            kill_and_reap(pid);
+            Err(SpawnError::Stuck { timeout, stuck_in })
+        }
         Err(err) => {
             kill_and_reap(pid);
             Err(err)
         }
     }
+}
+
+/// Where a child that did not finish its setup is stuck, for the error.
+fn describe_stuck(pid: i32) -> String {
+    let read =
+        |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    let state = read("status")
+        .lines()
+        .find(|l| l.starts_with("State:"))
+        .unwrap_or_default()
+        .to_owned();
+    let syscall = read("syscall");
+    let pc = syscall
+        .split_whitespace()
+        .last()
+        .and_then(|pc| u64::from_str_radix(pc.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_default();
+    let mapping = read("maps")
+        .lines()
+        .find(|line| {
+            let range = line.split_whitespace().next().unwrap_or_default();
+            let (start, end) = range.split_once('-').unwrap_or_default();
+            let parse = |v: &str| u64::from_str_radix(v, 16).unwrap_or_default();
+            parse(start) <= pc && pc < parse(end)
+        })
+        .unwrap_or_default()
+        .to_owned();
+    format!(
+        "{state}; pc in {mapping}; syscall {}; wchan {}; stack {}",
+        syscall.trim(),
+        read("wchan").trim(),
+        read("stack")
+            .lines()
+            .take(6)
+            .collect::<Vec<_>>()
+            .join(" <- ")
+    )
 }
 
 fn plan_detail(spec: &SpawnSpec, index: u32) -> Option<PathBuf> {
@@ -420,7 +509,15 @@ fn describe_step(spec: &SpawnSpec, path: &Option<PathBuf>) -> String {
 fn socketpair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
         return Err(last_os_error("socketpair"));
     }
     // SAFETY: both fds are open and owned by nobody else.
@@ -428,7 +525,10 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 }
 
 /// `Ok(None)` when the pipe closed empty (execve succeeded).
-fn read_child_error(pipe: &OwnedFd, timeout: Duration) -> Result<Option<(u32, i32, u32)>, SpawnError> {
+fn read_child_error(
+    pipe: &OwnedFd,
+    timeout: Duration,
+) -> Result<Option<(u32, i32, u32)>, SpawnError> {
     let mut report = [0u8; 12];
     let mut filled = 0;
     let deadline = std::time::Instant::now() + timeout;
@@ -443,32 +543,51 @@ fn read_child_error(pipe: &OwnedFd, timeout: Duration) -> Result<Option<(u32, i3
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut poll, 1, remaining.as_millis().min(i32::MAX as u128) as i32) };
+        let ready = unsafe {
+            libc::poll(
+                &mut poll,
+                1,
+                remaining.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
         if ready < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(SpawnError::Parent { call: "poll", source: err });
+            return Err(SpawnError::Parent {
+                call: "poll",
+                source: err,
+            });
         }
         if ready == 0 {
             continue;
         }
         // SAFETY: reading into the unfilled tail of `report`.
-        let n = unsafe { libc::read(pipe.as_raw_fd(), report[filled..].as_mut_ptr().cast(), report.len() - filled) };
+        let n = unsafe {
+            libc::read(
+                pipe.as_raw_fd(),
+                report[filled..].as_mut_ptr().cast(),
+                report.len() - filled,
+            )
+        };
         match n {
             0 if filled == 0 => return Ok(None),
             0 => break,
             n if n < 0 => {
                 let err = std::io::Error::last_os_error();
                 if err.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(SpawnError::Parent { call: "read", source: err });
+                    return Err(SpawnError::Parent {
+                        call: "read",
+                        source: err,
+                    });
                 }
             }
             n => filled += n as usize,
         }
     }
-    let word = |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
+    let word =
+        |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
     Ok(Some((word(0), word(4) as i32, word(8))))
 }
 
@@ -511,6 +630,11 @@ fn child_main(plan: &ChildPlan) -> ! {
             fail(plan, "wait for parent", u32::MAX);
         }
         if plan.isolate {
+            check(
+                plan,
+                libc::unshare(libc::CLONE_NEWCGROUP),
+                "unshare cgroup namespace",
+            );
             isolate(plan);
         }
         for (resource, limit) in plan.rlimits {
@@ -524,14 +648,18 @@ fn child_main(plan: &ChildPlan) -> ! {
             drop_privileges(plan);
         }
         place_fds(plan);
-        if let Some(program) = &plan.seccomp {
-            check(
-                plan,
-                libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, program as *const libc::sock_fprog),
-                "seccomp",
-            );
+        if let Some(program) = plan.seccomp {
+            // Allocation-free: no_new_privs check and seccomp(2) on the prebuilt program.
+            if let Err(err) = super::seccomp::apply(program) {
+                *libc::__errno_location() = err.raw_os_error().unwrap_or(libc::EINVAL);
+                fail(plan, "seccomp", u32::MAX);
+            }
         }
-        libc::execve(plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        libc::execve(
+            plan.program.as_ptr(),
+            plan.argv.as_ptr(),
+            plan.envp.as_ptr(),
+        );
         fail(plan, "execve", u32::MAX)
     }
 }
@@ -542,7 +670,13 @@ unsafe fn isolate(plan: &ChildPlan) {
     unsafe {
         check(
             plan,
-            libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()),
+            libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ),
             "mount propagation",
         );
         check(
@@ -559,7 +693,11 @@ unsafe fn isolate(plan: &ChildPlan) {
         for (index, step) in plan.steps.iter().enumerate() {
             run_step(plan, step, index);
         }
-        check(plan, libc::sethostname(c"sandbox".as_ptr(), 7), "sethostname");
+        check(
+            plan,
+            libc::sethostname(c"sandbox".as_ptr(), 7),
+            "sethostname",
+        );
         loopback_up(plan);
         check(plan, libc::chdir(plan.root.as_ptr()), "chdir");
         // pivot_root(".", ".") stacks the old root on top of the new one; the
@@ -569,7 +707,11 @@ unsafe fn isolate(plan: &ChildPlan) {
             libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
             "pivot_root",
         );
-        check(plan, libc::umount2(c".".as_ptr(), libc::MNT_DETACH), "detach old root");
+        check(
+            plan,
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
+            "detach old root",
+        );
         check(plan, libc::chdir(c"/".as_ptr()), "chdir");
         check(
             plan,
@@ -591,13 +733,25 @@ unsafe fn run_step(plan: &ChildPlan, step: &Prepared, index: usize) {
     unsafe {
         match step {
             Prepared::Mkdir { path, mode } => {
-                if libc::mkdir(path.as_ptr(), *mode) != 0 && *libc::__errno_location() != libc::EEXIST {
+                if libc::mkdir(path.as_ptr(), *mode) != 0
+                    && *libc::__errno_location() != libc::EEXIST
+                {
                     fail(plan, "mkdir", index as u32);
                 }
             }
-            Prepared::Tmpfs { target, data, flags } => check_at(
+            Prepared::Tmpfs {
+                target,
+                data,
+                flags,
+            } => check_at(
                 plan,
-                libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), *flags, data.as_ptr().cast()),
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    *flags,
+                    data.as_ptr().cast(),
+                ),
                 "mount tmpfs",
                 index,
             ),
@@ -608,11 +762,17 @@ unsafe fn run_step(plan: &ChildPlan, step: &Prepared, index: usize) {
                 is_dir,
             } => {
                 if *is_dir {
-                    if libc::mkdir(target.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+                    if libc::mkdir(target.as_ptr(), 0o755) != 0
+                        && *libc::__errno_location() != libc::EEXIST
+                    {
                         fail(plan, "mkdir", index as u32);
                     }
                 } else {
-                    let fd = libc::open(target.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o444);
+                    let fd = libc::open(
+                        target.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                        0o444,
+                    );
                     if fd < 0 {
                         fail(plan, "create file", index as u32);
                     }
@@ -620,7 +780,13 @@ unsafe fn run_step(plan: &ChildPlan, step: &Prepared, index: usize) {
                 }
                 check_at(
                     plan,
-                    libc::mount(source.as_ptr(), target.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()),
+                    libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ),
                     "bind mount",
                     index,
                 );
@@ -636,7 +802,12 @@ unsafe fn run_step(plan: &ChildPlan, step: &Prepared, index: usize) {
                 );
             }
             Prepared::Symlink { link, points_to } => {
-                check_at(plan, libc::symlink(points_to.as_ptr(), link.as_ptr()), "symlink", index);
+                check_at(
+                    plan,
+                    libc::symlink(points_to.as_ptr(), link.as_ptr()),
+                    "symlink",
+                    index,
+                );
             }
             Prepared::Proc { target } => check_at(
                 plan,
@@ -650,16 +821,26 @@ unsafe fn run_step(plan: &ChildPlan, step: &Prepared, index: usize) {
                 "mount proc",
                 index,
             ),
-            Prepared::File { path, contents, mode } => {
+            Prepared::File {
+                path,
+                contents,
+                mode,
+            } => {
                 let fd = libc::open(
                     path.as_ptr(),
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_WRONLY
+                        | libc::O_CLOEXEC
+                        | libc::O_NOFOLLOW,
                     *mode,
                 );
                 if fd < 0 {
                     fail(plan, "write file", index as u32);
                 }
-                if libc::write(fd, contents.as_ptr().cast(), contents.len()) != contents.len() as isize {
+                if libc::write(fd, contents.as_ptr().cast(), contents.len())
+                    != contents.len() as isize
+                {
                     fail(plan, "write file", index as u32);
                 }
                 libc::close(fd);
@@ -706,14 +887,39 @@ unsafe fn drop_privileges(plan: &ChildPlan) {
         }
         check(
             plan,
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ),
             "drop capabilities",
         );
-        check(plan, libc::setgroups(0, std::ptr::null()), "setgroups");
-        check(plan, libc::setresgid(plan.gid, plan.gid, plan.gid), "setresgid");
+        // Raw syscalls, not glibc's wrappers: those broadcast the change to
+        // every thread glibc believes exists (setxid) and wait for them, and the
+        // parent's other threads do not exist in this child.
+        check(
+            plan,
+            libc::syscall(libc::SYS_setgroups, 0, 0) as libc::c_int,
+            "setgroups",
+        );
+        check(
+            plan,
+            libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid) as libc::c_int,
+            "setresgid",
+        );
         // Changing every uid away from 0 clears the permitted and effective sets.
-        check(plan, libc::setresuid(plan.uid, plan.uid, plan.uid), "setresuid");
-        check(plan, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs");
+        check(
+            plan,
+            libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid) as libc::c_int,
+            "setresuid",
+        );
+        check(
+            plan,
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+            "no_new_privs",
+        );
         check(plan, libc::chdir(plan.cwd.as_ptr()), "chdir");
     }
 }
@@ -721,14 +927,25 @@ unsafe fn drop_privileges(plan: &ChildPlan) {
 unsafe fn place_fds(plan: &ChildPlan) {
     // SAFETY (whole function): dup2/close_range on fds we hold; all sources are ≥ 10.
     unsafe {
-        for (source, target) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2), (plan.control, 3)] {
+        for (source, target) in [
+            (plan.stdin, 0),
+            (plan.stdout, 1),
+            (plan.stderr, 2),
+            (plan.control, 3),
+        ] {
             if libc::dup2(source, target) != target {
                 fail(plan, "place fds", u32::MAX);
             }
         }
         // Everything above 3 (including the error pipe, which must survive
         // until execve) closes at exec.
-        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+        if libc::syscall(
+            libc::SYS_close_range,
+            4u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
             fail(plan, "close fds", u32::MAX);
         }
         if !plan.isolate {

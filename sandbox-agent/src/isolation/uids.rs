@@ -81,7 +81,10 @@ impl UidPool {
     }
 
     pub fn in_use(&self) -> usize {
-        self.inner.lock().map(|inner| inner.in_use.len()).unwrap_or_default()
+        self.inner
+            .lock()
+            .map(|inner| inner.in_use.len())
+            .unwrap_or_default()
     }
 }
 

@@ -132,9 +132,15 @@ pub fn decode(payload: &[u8]) -> Result<FromDriver, FrameError> {
     let (&kind, body) = payload.split_first().ok_or(FrameError::Length(0))?;
     let parse = |name: &'static str| move |source| FrameError::Body { kind: name, source };
     match kind {
-        b'R' => serde_json::from_slice(body).map(FromDriver::Ready).map_err(parse("READY")),
-        b'S' => serde_json::from_slice(body).map(FromDriver::Subcall).map_err(parse("SUBCALL")),
-        b'D' => serde_json::from_slice(body).map(FromDriver::Done).map_err(parse("DONE")),
+        b'R' => serde_json::from_slice(body)
+            .map(FromDriver::Ready)
+            .map_err(parse("READY")),
+        b'S' => serde_json::from_slice(body)
+            .map(FromDriver::Subcall)
+            .map_err(parse("SUBCALL")),
+        b'D' => serde_json::from_slice(body)
+            .map(FromDriver::Done)
+            .map_err(parse("DONE")),
         other => Err(FrameError::Type(other)),
     }
 }
@@ -153,13 +159,21 @@ mod tests {
             b'A',
             &SubcallAnswer {
                 id: 7,
-                results: vec![SubcallItem::Text("hi".into()), SubcallItem::Error("boom".into())],
+                results: vec![
+                    SubcallItem::Text("hi".into()),
+                    SubcallItem::Error("boom".into()),
+                ],
             },
         );
-        assert_eq!(&answer[4..], br#"A{"id":7,"results":[{"text":"hi"},{"error":"boom"}]}"#);
+        assert_eq!(
+            &answer[4..],
+            br#"A{"id":7,"results":[{"text":"hi"},{"error":"boom"}]}"#
+        );
 
-        let done = decode(br#"D{"final_called":true,"final_value":"42","error":null,"interrupted":false}"#)
-            .expect("done");
+        let done = decode(
+            br#"D{"final_called":true,"final_value":"42","error":null,"interrupted":false}"#,
+        )
+        .expect("done");
         assert_eq!(
             done,
             FromDriver::Done(Done {
@@ -170,11 +184,21 @@ mod tests {
         );
         let subcall = decode(br#"S{"id":1,"kind":"rlm","prompts":["p"],"model":null,"batched":false,"contexts":[{"text":"c"},null]}"#)
             .expect("subcall");
-        assert!(matches!(subcall, FromDriver::Subcall(Subcall { id: 1, kind: SubcallKind::Rlm, .. })));
+        assert!(matches!(
+            subcall,
+            FromDriver::Subcall(Subcall {
+                id: 1,
+                kind: SubcallKind::Rlm,
+                ..
+            })
+        ));
 
         assert!(matches!(decode(b"X{}"), Err(FrameError::Type(b'X'))));
         assert!(matches!(decode(b"D[1,2"), Err(FrameError::Body { .. })));
-        assert!(matches!(decode(b"S{\"id\":-1}"), Err(FrameError::Body { .. })));
+        assert!(matches!(
+            decode(b"S{\"id\":-1}"),
+            Err(FrameError::Body { .. })
+        ));
         assert!(decode(b"").is_err());
         assert!(payload_length([0, 0, 0, 0]).is_err());
         assert!(payload_length((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());

@@ -1,0 +1,218 @@
+//! Starting session processes: turns limits into a spawn (filesystem plan,
+//! identity, rlimits, seccomp, cgroup) and waits for the driver's READY.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::isolation::cgroup::{CgroupLimits, CgroupRoot, SessionCgroup};
+use crate::isolation::rootfs::{self, RootfsSpec};
+use crate::isolation::spawn::{SpawnError, SpawnSpec, spawn};
+use crate::isolation::uids::{UidError, UidLease, UidPool};
+use crate::session::limits::Profile;
+use crate::session::process::{ProcessError, SessionProcess};
+
+/// The REPL driver, shipped inside the binary.
+pub const DRIVER_SOURCE: &str = include_str!("../../driver/rlm_driver.py");
+
+/// How sessions are isolated.
+pub enum Isolation {
+    /// Namespaces, pivot_root, dedicated uid, cgroup, rlimits, seccomp.
+    Full {
+        cgroups: CgroupRoot,
+        seccomp: Arc<seccompiler::BpfProgram>,
+        uids: UidPool,
+    },
+    /// A plain child process of the agent, same user. Development only.
+    None,
+}
+
+pub struct Launcher {
+    pub isolation: Isolation,
+    pub python: PathBuf,
+    /// Host directory of the Python installation when it is outside /usr.
+    pub python_prefix: Option<PathBuf>,
+    /// Empty directory each session mounts its root over (in its own namespace).
+    pub root_mount: PathBuf,
+    /// Extra environment for the driver in `--isolation=none` mode's working dir.
+    pub scratch_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Uid(#[from] UidError),
+    #[error("session cgroup: {0}")]
+    Cgroup(String),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("session process: {0}")]
+    Process(#[from] ProcessError),
+    #[error("session start was cancelled")]
+    Cancelled,
+}
+
+/// A started session and everything that must live exactly as long as it.
+pub struct Launched {
+    pub process: SessionProcess,
+    pub cgroup: Option<SessionCgroup>,
+    pub uid: Option<UidLease>,
+    pub python_version: String,
+    pub profile: Profile,
+}
+
+impl Launched {
+    /// Kills the whole process tree, removes the cgroup, reaps, and only then
+    /// frees the uid. Blocking; call from a blocking thread.
+    pub fn terminate(self) {
+        let pid = nix::unistd::Pid::from_raw(self.process.pid);
+        // The driver is PID 1 of its namespace: killing it kills every process
+        // in the namespace. The cgroup kill catches anything else in the tree.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        if let Some(cgroup) = &self.cgroup {
+            if let Err(err) = cgroup.remove() {
+                tracing::warn!(cgroup = cgroup.name(), "removing session cgroup: {err}");
+            }
+        }
+        let _ = nix::sys::wait::waitpid(pid, None);
+        drop(self.uid);
+    }
+}
+
+const ENV: &[&str] = &[
+    "PATH=/usr/local/bin:/usr/bin:/bin",
+    "HOME=/work",
+    "USER=sandbox",
+    "LANG=C.UTF-8",
+    "TMPDIR=/tmp",
+];
+
+impl Launcher {
+    pub fn isolated(&self) -> bool {
+        matches!(self.isolation, Isolation::Full { .. })
+    }
+
+    /// Starts a session process for `profile` named `name` and waits for READY.
+    pub async fn launch(&self, name: &str, profile: &Profile) -> Result<Launched, LaunchError> {
+        let (uid, cgroup, spec) = self.prepare(name, profile)?;
+        let cgroup = cgroup.map(Arc::new);
+        let placing = cgroup.clone();
+        let spawned = tokio::task::spawn_blocking(move || {
+            spawn(&spec, |pid| match &placing {
+                Some(cgroup) => cgroup.add_process(pid).map_err(|err| err.to_string()),
+                None => Ok(()),
+            })
+        })
+        .await
+        .map_err(|_| LaunchError::Cancelled)?;
+        let cgroup = cgroup.and_then(|arc| Arc::try_unwrap(arc).ok());
+        let spawned = match spawned {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                if let Some(cgroup) = &cgroup {
+                    let _ = cgroup.remove();
+                }
+                return Err(err.into());
+            }
+        };
+        let mut launched = Launched {
+            process: SessionProcess::new(spawned)?,
+            cgroup,
+            uid,
+            python_version: String::new(),
+            profile: profile.clone(),
+        };
+        match launched.process.ready().await {
+            Ok(ready) => {
+                launched.python_version = ready.python;
+                Ok(launched)
+            }
+            Err(err) => {
+                tokio::task::spawn_blocking(move || launched.terminate());
+                Err(err.into())
+            }
+        }
+    }
+
+    fn prepare(
+        &self,
+        name: &str,
+        profile: &Profile,
+    ) -> Result<(Option<UidLease>, Option<SessionCgroup>, SpawnSpec), LaunchError> {
+        let args = vec![
+            "-I".to_owned(),
+            "-B".to_owned(),
+            "-c".to_owned(),
+            DRIVER_SOURCE.to_owned(),
+        ];
+        let env = ENV.iter().map(|s| (*s).to_owned()).collect();
+        let rlimits = vec![
+            (libc::RLIMIT_CORE, 0),
+            (libc::RLIMIT_NOFILE, 1024),
+            (libc::RLIMIT_FSIZE, profile.tmpfs_bytes),
+        ];
+        match &self.isolation {
+            Isolation::None => Ok((
+                None,
+                None,
+                SpawnSpec {
+                    isolate: false,
+                    share_network: true,
+                    root_mount: self.root_mount.clone(),
+                    steps: Vec::new(),
+                    uid: 0,
+                    gid: 0,
+                    rlimits,
+                    program: self.python.clone(),
+                    args,
+                    env,
+                    cwd: self.scratch_dir.clone(),
+                    seccomp: None,
+                },
+            )),
+            Isolation::Full {
+                cgroups,
+                seccomp,
+                uids,
+            } => {
+                let lease = uids.lease()?;
+                let uid = lease.uid();
+                let cgroup = cgroups
+                    .create(
+                        name,
+                        &CgroupLimits {
+                            memory_bytes: profile.memory_bytes,
+                            cpu_millicores: profile.cpu_millicores,
+                            max_pids: profile.max_pids,
+                        },
+                    )
+                    .map_err(|err| LaunchError::Cgroup(err.to_string()))?;
+                let steps = rootfs::plan(&RootfsSpec {
+                    uid,
+                    gid: uid,
+                    tmpfs_bytes: profile.tmpfs_bytes,
+                    python_prefix: self.python_prefix.clone(),
+                    allowed_paths: profile.allowed_paths.clone(),
+                    network: profile.network,
+                });
+                Ok((
+                    Some(lease),
+                    Some(cgroup),
+                    SpawnSpec {
+                        isolate: true,
+                        share_network: profile.network,
+                        root_mount: self.root_mount.clone(),
+                        steps,
+                        uid,
+                        gid: uid,
+                        rlimits,
+                        program: self.python.clone(),
+                        args,
+                        env,
+                        cwd: "/work".into(),
+                        seccomp: Some(seccomp.clone()),
+                    },
+                ))
+            }
+        }
+    }
+}
