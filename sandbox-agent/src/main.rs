@@ -249,6 +249,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     expiry_task.abort();
     manager.destroy_all().await;
     let _ = pool_task.await;
+    launcher.remove_cgroup_parents();
     tracing::info!("rlm-sandbox-agent stopped");
     telemetry.shutdown().await;
     result.with_context(|| format!("gRPC server on {} (RLM_AGENT_LISTEN)", config.listen))

@@ -44,6 +44,22 @@ pub fn free_port() -> u16 {
         .expect("allocating a free port")
 }
 
+/// Every agent a test starts gets its own cgroup parent (agents reap stale
+/// session cgroups under theirs at start-up, so two must never share one) and
+/// a small warm pool, unless the test chose otherwise.
+fn isolated_env(name: &str, env: &HashMap<String, String>) -> HashMap<String, String> {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut env = env.clone();
+    if name == "rlm-sandbox-agent" {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        env.entry("RLM_AGENT_CGROUP".into())
+            .or_insert_with(|| format!("rlm-test-{}-{n}", std::process::id()));
+        env.entry("RLM_AGENT_POOL_SIZE".into())
+            .or_insert_with(|| "1".into());
+    }
+    env
+}
+
 /// A running binary; killed on drop if the test did not stop it.
 pub struct Service {
     pub name: &'static str,
@@ -59,32 +75,26 @@ impl Service {
         env: &HashMap<String, String>,
         args: &[&str],
     ) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let log_file = std::fs::File::create(&log).expect("creating service log");
-        let child = Command::new(binary(name))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|err| panic!("starting {name}: {err}"));
-        Self {
-            name,
-            child: Some(child),
-            log,
-        }
+        Self::spawn(name, dir, env, args, false)
     }
 
-    /// Like [`Service::start`], but the process gets SIGKILL when the thread
+    /// Like [`Service::start`], but the process gets SIGTERM when the thread
     /// that started it exits (for services shared by a whole test binary).
     pub fn start_dying_with_parent(
         name: &'static str,
         dir: &Path,
         env: &HashMap<String, String>,
         args: &[&str],
+    ) -> Self {
+        Self::spawn(name, dir, env, args, true)
+    }
+
+    fn spawn(
+        name: &'static str,
+        dir: &Path,
+        env: &HashMap<String, String>,
+        args: &[&str],
+        die_with_parent: bool,
     ) -> Self {
         use std::os::unix::process::CommandExt;
         let log = dir.join(format!("{name}.log"));
@@ -94,17 +104,19 @@ impl Service {
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env)
+            .envs(isolated_env(name, env))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file);
-        // SAFETY: prctl with scalar arguments is async-signal-safe.
-        #[allow(unsafe_code)]
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
+        if die_with_parent {
+            // SAFETY: prctl with scalar arguments is async-signal-safe.
+            #[allow(unsafe_code)]
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         let child = command
             .spawn()
@@ -167,6 +179,12 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         if self.child.is_some() {
+            // Gracefully, so an agent destroys its sessions and cgroups.
+            if let Some(child) = &self.child {
+                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            let _ = self.wait_exit(Duration::from_secs(10));
             self.kill();
             if std::thread::panicking() {
                 eprintln!("--- {} log ---\n{}", self.name, self.log_text());

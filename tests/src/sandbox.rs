@@ -47,10 +47,6 @@ pub fn shared_agent() -> &'static SharedAgent {
                     dir.join("agent").display().to_string(),
                 ),
                 ("RLM_AGENT_POOL_SIZE".to_owned(), "2".to_owned()),
-                (
-                    "RLM_AGENT_CGROUP".to_owned(),
-                    format!("rlm-test-{}", std::process::id()),
-                ),
                 ("RLM_TEST_CANARY".to_owned(), canary.clone()),
                 (
                     "RLM_LOG".to_owned(),

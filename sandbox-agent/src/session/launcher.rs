@@ -87,6 +87,17 @@ const ENV: &[&str] = &[
 ];
 
 impl Launcher {
+    /// Removes the agent's (now empty) cgroup parent directories at shutdown.
+    pub fn remove_cgroup_parents(&self) {
+        if let Isolation::Full { cgroups, .. } = &self.isolation {
+            for dir in cgroups.parent_dirs() {
+                if let Err(err) = std::fs::remove_dir(&dir) {
+                    tracing::debug!(dir = %dir.display(), "keeping cgroup parent: {err}");
+                }
+            }
+        }
+    }
+
     pub fn isolated(&self) -> bool {
         matches!(self.isolation, Isolation::Full { .. })
     }
