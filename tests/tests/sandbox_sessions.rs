@@ -1,0 +1,427 @@
+//! Functional behaviour of sandbox sessions: persistence, streaming, sub-calls
+//! through a client playing the orchestrator, contexts, the warm pool, errors,
+//! shutdown and recovery after a crash. Needs root.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rlm_e2e::sandbox::{Answerer, Sandbox, require_root, shared_agent};
+use rlm_e2e::{Service, wait_serving};
+use rlm_proto::rlm::sandbox::v1::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn globals_persist_and_output_is_never_lost() {
+    let mut sandbox = Sandbox::shared().await;
+    let id = sandbox.session().await;
+    sandbox
+        .run(&id, "x = 0\ndef bump(n): return x + n")
+        .await
+        .ok();
+    for i in 1..=50 {
+        let run = sandbox.run(&id, "x = bump(1)\nprint(x)").await.ok();
+        assert_eq!(run.out(), format!("{i}\n"));
+    }
+    sandbox.destroy(&id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_streams_in_order_per_stream_and_expressions_display() {
+    let mut sandbox = Sandbox::shared().await;
+    let id = sandbox.session().await;
+    let run = sandbox
+        .run(&id, "import sys\nfor i in range(20):\n    print('o', i, flush=True)\n    print('e', i, file=sys.stderr, flush=True)\n6 * 7")
+        .await
+        .ok();
+    let expected_out: String = (0..20).map(|i| format!("o {i}\n")).collect::<String>() + "42\n";
+    let expected_err: String = (0..20).map(|i| format!("e {i}\n")).collect();
+    assert_eq!(run.out(), expected_out);
+    assert_eq!(run.err(), expected_err);
+    assert!(run.chunks.len() >= 2, "streamed in chunks, not one blob");
+    sandbox.destroy(&id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exceptions_final_and_show_vars_come_back() {
+    let mut sandbox = Sandbox::shared().await;
+    let id = sandbox.session().await;
+    let run = sandbox
+        .run(&id, "answer = 41\nFINAL(answer + 1)\n1 / 0")
+        .await;
+    let error = run.result.error.clone().expect("error");
+    assert_eq!(error.exception_type, "ZeroDivisionError");
+    assert!(error.traceback.contains("<cell"), "{}", error.traceback);
+    assert!(run.result.final_called && run.result.final_value.as_deref() == Some("42"));
+    let run = sandbox.run(&id, "FINAL_VAR('answer')").await.ok();
+    assert_eq!(run.result.final_value.as_deref(), Some("41"));
+    let run = sandbox.run(&id, "SHOW_VARS()").await.ok();
+    assert!(run.out().contains("'answer': 'int'"), "{}", run.out());
+    let run = sandbox.run(&id, "print(").await;
+    assert_eq!(
+        run.result.error.map(|e| e.exception_type).as_deref(),
+        Some("SyntaxError")
+    );
+    sandbox.destroy(&id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subcalls_round_trip_through_the_client() {
+    let mut sandbox = Sandbox::shared().await;
+    let id = sandbox.session().await;
+    let answer: Answerer = Box::new(|request: &SubcallRequest| {
+        request
+            .prompts
+            .iter()
+            .map(|prompt| {
+                if prompt == "fail" {
+                    subcall_result::Outcome::Error("model refused".into())
+                } else {
+                    subcall_result::Outcome::Text(format!(
+                        "{}:{}",
+                        request.kind().as_str_name(),
+                        prompt.to_uppercase()
+                    ))
+                }
+            })
+            .collect()
+    });
+    let code = "a = llm_query('hi', model='m1')\nb = llm_query_batched(['x', 'fail', 'z'])\nc = rlm_query('child', context='ctx')\nprint(a)\nprint(b)\nprint(c)";
+    let run = sandbox
+        .run_with(&id, code, Duration::from_secs(30), Some(&answer))
+        .await
+        .ok();
+    assert_eq!(
+        run.out(),
+        "SUBCALL_KIND_LLM_QUERY:HI\n['SUBCALL_KIND_LLM_QUERY:X', 'Error: model refused', 'SUBCALL_KIND_LLM_QUERY:Z']\nSUBCALL_KIND_RLM_QUERY:CHILD\n"
+    );
+    assert_eq!(run.subcalls.len(), 3);
+    assert_eq!(run.result.subcalls, 3);
+    let (first, batch, child) = (&run.subcalls[0], &run.subcalls[1], &run.subcalls[2]);
+    assert!(!first.batched && first.model == "m1" && first.prompts == ["hi"]);
+    assert!(batch.batched && batch.prompts == ["x", "fail", "z"]);
+    assert_eq!(child.kind(), SubcallKind::RlmQuery);
+    assert!(matches!(
+        child.contexts.first().and_then(|c| c.source.as_ref()),
+        Some(subcall_context::Source::Text(text)) if text == "ctx"
+    ));
+    assert!(first.id < batch.id && batch.id < child.id);
+    sandbox.destroy(&id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contexts_are_stored_once_and_shared_read_only() {
+    let agent = shared_agent();
+    let mut sandbox = Sandbox::shared().await;
+    let text = format!("{}needle{}", "a".repeat(3 << 20), "b".repeat(1000));
+    let upload = |data: Vec<u8>| {
+        let mut client = sandbox.client.clone();
+        async move {
+            let chunks: Vec<PutContextRequest> = data
+                .chunks(1 << 20)
+                .map(|c| PutContextRequest {
+                    chunk: c.to_vec(),
+                    ..Default::default()
+                })
+                .collect();
+            client
+                .put_context(futures::stream::iter(chunks))
+                .await
+                .expect("put")
+                .into_inner()
+        }
+    };
+    let first = upload(text.clone().into_bytes()).await;
+    let second = upload(b"second \xff context".to_vec()).await;
+    let again = upload(text.clone().into_bytes()).await;
+    assert!(again.already_existed && again.context_id == first.context_id);
+
+    let ids = vec![first.context_id.clone(), second.context_id.clone()];
+    let a = sandbox.create(None, ids.clone()).await.session_id;
+    let b = sandbox.create(None, ids).await.session_id;
+    for id in [&a, &b] {
+        let run = sandbox
+            .run(
+                id,
+                "print(len(context), context.index('needle'), context is context_0, context_1)",
+            )
+            .await
+            .ok();
+        assert_eq!(
+            run.out(),
+            format!("{} {} True second \u{fffd} context\n", text.len(), 3 << 20)
+        );
+    }
+    let blobs = std::fs::read_dir(agent.data_dir.join("contexts/sha256"))
+        .expect("store")
+        .count();
+    assert!(blobs >= 2);
+    // Read-only inside, and nothing of it lands in the session's scratch space.
+    let run = sandbox
+        .run(
+            &a,
+            "import os\nprint(sum(os.path.getsize('/work/' + f) for f in os.listdir('/work')))",
+        )
+        .await
+        .ok();
+    assert_eq!(run.out(), "0\n");
+    let unknown = sandbox
+        .client
+        .create_session(CreateSessionRequest {
+            context_ids: vec![format!("sha256:{}", "0".repeat(64))],
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown context");
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    assert!(unknown.message().contains("context_ids[0]"), "{unknown:?}");
+    sandbox.destroy(&a).await;
+    sandbox.destroy(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_pool_serves_default_sessions_and_refills() {
+    let mut sandbox = Sandbox::shared().await;
+    // Let the pool fill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = sandbox
+        .client
+        .get_info(GetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.isolation_mode(), IsolationMode::Full);
+    assert!(
+        info.isolation_features.len() >= 15,
+        "{:?}",
+        info.isolation_features
+    );
+    let pool = &info.pools[0];
+    assert_eq!(pool.profile, "mem512Mi-cpu1000m-pids64-tmp64Mi");
+    let hits_before = pool.hits;
+    let created = sandbox.create(None, Vec::new()).await;
+    assert!(
+        created.from_warm_pool,
+        "a default session comes from the pool"
+    );
+    let custom = sandbox
+        .create(
+            Some(SessionLimits {
+                memory_bytes: 128 << 20,
+                ..Default::default()
+            }),
+            Vec::new(),
+        )
+        .await;
+    assert!(!custom.from_warm_pool, "another profile starts cold");
+    assert_eq!(custom.profile, "mem128Mi-cpu1000m-pids64-tmp64Mi");
+    let after = sandbox
+        .client
+        .get_info(GetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert!(after.pools[0].hits > hits_before);
+    sandbox.destroy(&created.session_id).await;
+    sandbox.destroy(&custom.session_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_name_the_field() {
+    let mut sandbox = Sandbox::shared().await;
+    let invalid = sandbox
+        .client
+        .create_session(CreateSessionRequest {
+            limits: Some(SessionLimits {
+                max_pids: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("pids");
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    assert!(invalid.message().contains("limits.max_pids"), "{invalid:?}");
+    let network = sandbox
+        .client
+        .create_session(CreateSessionRequest {
+            limits: Some(SessionLimits {
+                network: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("network");
+    assert_eq!(network.code(), tonic::Code::PermissionDenied);
+
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    sender
+        .send(ExecuteRequest {
+            payload: Some(execute_request::Payload::Start(ExecuteStart {
+                session_id: "s-nope".into(),
+                code: "1".into(),
+                timeout: None,
+            })),
+        })
+        .await
+        .expect("send");
+    let missing = sandbox
+        .client
+        .execute(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect_err("unknown session");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert!(!sandbox.destroy("s-nope").await, "destroy is idempotent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_session_reports_why_and_the_next_call_is_refused() {
+    let mut sandbox = Sandbox::shared().await;
+    let id = sandbox.session().await;
+    let run = sandbox.run(&id, "import os\nos._exit(3)").await;
+    assert!(run.result.session_ended, "{:?}", run.result);
+    assert_eq!(run.result.end_reason(), SessionEndReason::Crashed);
+    let again = sandbox
+        .client
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    let state = again
+        .sessions
+        .iter()
+        .find(|s| s.session_id == id)
+        .map(|s| s.state());
+    assert!(
+        matches!(state, Some(SessionState::Ended) | None),
+        "{state:?}"
+    );
+    sandbox.destroy(&id).await;
+}
+
+fn agent_env(dir: &std::path::Path, cgroup: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (
+            "RLM_AGENT_LISTEN".to_owned(),
+            format!("unix://{}", dir.join("sock").display()),
+        ),
+        (
+            "RLM_AGENT_DATA_DIR".to_owned(),
+            dir.join("data").display().to_string(),
+        ),
+        ("RLM_AGENT_CGROUP".to_owned(), cgroup.to_owned()),
+        ("RLM_AGENT_POOL_SIZE".to_owned(), "2".to_owned()),
+    ])
+}
+
+fn cgroup_sessions(cgroup: &str) -> usize {
+    std::fs::read_dir(format!("/sys/fs/cgroup/pids/{cgroup}"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_reaps_what_a_crashed_one_left() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cgroup = format!("rlm-test-crash-{}", std::process::id());
+    let env = agent_env(dir.path(), &cgroup);
+    let address = env["RLM_AGENT_LISTEN"].clone();
+    let mut first = Service::start("rlm-sandbox-agent", dir.path(), &env, &[]);
+    wait_serving(&address, &first).await;
+    let mut sandbox = Sandbox::connect(&address).await;
+    let id = sandbox.session().await;
+    sandbox
+        .run(
+            &id,
+            "import subprocess\nsubprocess.Popen(['sleep', '300'], start_new_session=True)",
+        )
+        .await
+        .ok();
+    assert!(cgroup_sessions(&cgroup) >= 1);
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    first.wait_exit(Duration::from_secs(5)).expect("killed");
+
+    let mut second = Service::start("rlm-sandbox-agent", dir.path(), &env, &[]);
+    wait_serving(&address, &second).await;
+    assert!(
+        second
+            .log_text()
+            .contains("removed session cgroups left by a previous agent"),
+        "{}",
+        second.log_text()
+    );
+    let mut sandbox = Sandbox::connect(&address).await;
+    let fresh = sandbox.session().await;
+    assert_eq!(sandbox.run(&fresh, "print('ok')").await.ok().out(), "ok\n");
+    assert_eq!(second.stop().code(), Some(0));
+    assert_eq!(
+        cgroup_sessions(&cgroup),
+        0,
+        "nothing left after a clean stop"
+    );
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/pids/{cgroup}")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_to_start_when_it_cannot_isolate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = agent_env(
+        dir.path(),
+        &format!("rlm-test-refuse-{}", std::process::id()),
+    );
+    env.insert("RLM_AGENT_PYTHON".into(), "/nonexistent/python3".into());
+    let mut agent = Service::start("rlm-sandbox-agent", dir.path(), &env, &[]);
+    let status = agent.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(!status.success());
+    let log = agent.log_text();
+    assert!(
+        log.contains("cannot isolate sessions") && log.contains("/nonexistent/python3"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn isolation_none_is_loud_about_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = agent_env(dir.path(), "unused");
+    env.insert("RLM_AGENT_ISOLATION".into(), "none".into());
+    let address = env["RLM_AGENT_LISTEN"].clone();
+    let agent = Service::start("rlm-sandbox-agent", dir.path(), &env, &[]);
+    wait_serving(&address, &agent).await;
+    let mut sandbox = Sandbox::connect(&address).await;
+    let info = sandbox
+        .client
+        .get_info(GetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.isolation_mode(), IsolationMode::None);
+    assert!(
+        info.warnings.iter().any(|w| w.contains("isolation=none")),
+        "{:?}",
+        info.warnings
+    );
+    assert!(agent.log_text().contains("isolation=none"));
+    let id = sandbox.session().await;
+    assert_eq!(sandbox.run(&id, "print(1 + 1)").await.ok().out(), "2\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cgroup_namespace_hides_the_host_hierarchy() {
+    let mut sandbox = Sandbox::shared().await;
+    let id = sandbox.session().await;
+    let run = sandbox
+        .run(
+            &id,
+            "print(sorted(set(l.split(':', 2)[2].strip() for l in open('/proc/self/cgroup'))))",
+        )
+        .await
+        .ok();
+    assert_eq!(run.out(), "['/']\n");
+    sandbox.destroy(&id).await;
+}
