@@ -11,7 +11,7 @@ use rlm_sandbox_agent::isolation::cgroup::{self, CgroupRoot};
 use rlm_sandbox_agent::isolation::uids::UidPool;
 use rlm_sandbox_agent::isolation::{preflight, seccomp};
 use rlm_sandbox_agent::service::{SandboxApi, StaticInfo};
-use rlm_sandbox_agent::session::launcher::{Isolation, Launcher};
+use rlm_sandbox_agent::session::launcher::{Isolation, Launcher, compile_driver};
 use rlm_sandbox_agent::session::limits::{Limits, Policy};
 use rlm_sandbox_agent::session::manager::Manager;
 use rlm_sandbox_agent::session::pool::Pool;
@@ -65,6 +65,13 @@ fn build_launcher(config: &Config) -> anyhow::Result<(Launcher, StaticInfo)> {
     std::fs::create_dir_all(&root_mount)
         .with_context(|| format!("creating {}", root_mount.display()))?;
     let scratch_dir = config.data_dir.join("scratch");
+    let driver_bin = match compile_driver(&config.python, &config.data_dir.join("driver")) {
+        Ok(path) => Some(path),
+        Err(err) => {
+            tracing::warn!("running the REPL driver from source (slower session starts): {err}");
+            None
+        }
+    };
     let python_version = std::process::Command::new(&config.python)
         .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
         .output()
@@ -86,6 +93,7 @@ fn build_launcher(config: &Config) -> anyhow::Result<(Launcher, StaticInfo)> {
                     python_prefix: None,
                     root_mount,
                     scratch_dir,
+                    driver_bin,
                 },
                 StaticInfo {
                     isolation_mode: IsolationMode::None,
@@ -146,6 +154,7 @@ fn build_launcher(config: &Config) -> anyhow::Result<(Launcher, StaticInfo)> {
                     python_prefix: preflight::python_prefix(&config.python),
                     root_mount,
                     scratch_dir,
+                    driver_bin,
                 },
                 StaticInfo {
                     isolation_mode: IsolationMode::Full,

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::context_store::{ContextStore, ContextStoreError, UploadExpectations};
 use crate::session::limits::{self, Policy};
-use crate::session::manager::{EndReason, Labels, Manager, ManagerError, Session};
+use crate::session::manager::{EndReason, ExecuteOutcome, Labels, Manager, ManagerError, Session};
 use crate::session::process::{CellEvent, CellInput, Stream as OutStream};
 use crate::session::protocol::{SubcallAnswer, SubcallItem, SubcallKind as DriverKind};
 
@@ -316,9 +316,9 @@ impl SandboxService for SandboxApi {
     }
 }
 
-/// Prompt counts of sub-calls sent and not yet answered, to validate answers.
-type Outstanding = Arc<Mutex<HashMap<u64, usize>>>;
-
+/// Runs one Execute call in a single task: the cell, the client's answers and
+/// interrupts, and the cell's events going out, multiplexed with `select!`
+/// (no helper tasks: every hop between tasks costs a wake-up on the hot path).
 async fn run_execute(
     manager: Arc<Manager>,
     start: ExecuteStart,
@@ -328,182 +328,171 @@ async fn run_execute(
 ) {
     let (events_tx, mut events_rx) = mpsc::channel::<CellEvent>(16);
     let (inputs_tx, mut inputs_rx) = mpsc::channel::<CellInput>(16);
-    let outstanding: Outstanding = Arc::default();
+    // Prompt counts of sub-calls sent and not yet answered, to validate answers.
+    let mut outstanding: HashMap<u64, usize> = HashMap::new();
+    let mut inbound_open = true;
+    let mut failure: Option<Status> = None;
 
-    // Client → cell: answers and interrupts. A broken client stream interrupts the cell.
-    let reader = {
-        let outstanding = outstanding.clone();
-        let outbound = outbound.clone();
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(message)) => match message.payload {
-                        Some(execute_request::Payload::SubcallResponse(response)) => {
-                            let expected = outstanding
-                                .lock()
-                                .ok()
-                                .and_then(|mut o| o.remove(&response.id));
-                            match expected {
-                                Some(count) if count == response.results.len() => {
-                                    let answer = to_answer(response);
-                                    if inputs_tx.send(CellInput::Answer(answer)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Some(count) => {
-                                    let _ = outbound
-                                        .send(Err(Status::invalid_argument(format!(
-                                            "subcall_response.results: {} results for {count} prompts",
-                                            response.results.len()
-                                        ))))
-                                        .await;
-                                    let _ = inputs_tx.send(CellInput::Interrupt).await;
-                                    return;
-                                }
-                                None => {
-                                    let _ = outbound
-                                        .send(Err(Status::invalid_argument(format!(
-                                            "subcall_response.id: {} is not an outstanding sub-call",
-                                            response.id
-                                        ))))
-                                        .await;
-                                    let _ = inputs_tx.send(CellInput::Interrupt).await;
-                                    return;
-                                }
-                            }
-                        }
-                        Some(execute_request::Payload::Interrupt(interrupt)) => {
-                            tracing::info!(reason = %interrupt.reason, "cell interrupted by the client");
-                            let _ = inputs_tx.send(CellInput::Interrupt).await;
-                        }
-                        Some(execute_request::Payload::Start(_)) | None => {
-                            let _ = outbound
-                                .send(Err(Status::invalid_argument(
-                                    "start: only the first message may be ExecuteStart",
-                                )))
-                                .await;
-                            let _ = inputs_tx.send(CellInput::Interrupt).await;
-                            return;
+    let cell = manager.execute(
+        &start.session_id,
+        &start.code,
+        timeout,
+        &events_tx,
+        &mut inputs_rx,
+    );
+    tokio::pin!(cell);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            event = events_rx.recv() => {
+                let Some(event) = event else { continue };
+                if let CellEvent::Subcall(subcall) = &event {
+                    outstanding.insert(subcall.id, subcall.prompts.len());
+                }
+                // A gone client makes this fail; the cell notices through its
+                // own sends and ends the session.
+                let _ = outbound.send(Ok(to_response(event))).await;
+            }
+            outcome = &mut cell => break outcome,
+            message = inbound.message(), if inbound_open => {
+                let input = match message {
+                    Ok(Some(message)) => match client_input(message, &mut outstanding) {
+                        Ok(input) => input,
+                        Err(status) => {
+                            failure.get_or_insert(status);
+                            inbound_open = false;
+                            CellInput::Interrupt
                         }
                     },
-                    Ok(None) => return,
+                    // The client is done sending; the cell goes on.
+                    Ok(None) => {
+                        inbound_open = false;
+                        continue;
+                    }
+                    // A broken client stream interrupts the cell.
                     Err(_) => {
-                        let _ = inputs_tx.send(CellInput::Interrupt).await;
-                        return;
-                    }
-                }
-            }
-        })
-    };
-
-    // Cell → client: output and sub-call requests.
-    let writer = {
-        let outbound = outbound.clone();
-        let outstanding = outstanding.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events_rx.recv().await {
-                let payload = match event {
-                    CellEvent::Output(stream, data) => {
-                        execute_response::Payload::Output(OutputChunk {
-                            stream: match stream {
-                                OutStream::Stdout => OutputStream::Stdout,
-                                OutStream::Stderr => OutputStream::Stderr,
-                            } as i32,
-                            data,
-                        })
-                    }
-                    CellEvent::Subcall(subcall) => {
-                        if let Ok(mut o) = outstanding.lock() {
-                            o.insert(subcall.id, subcall.prompts.len());
-                        }
-                        execute_response::Payload::SubcallRequest(SubcallRequest {
-                            id: subcall.id,
-                            kind: match subcall.kind {
-                                DriverKind::Llm => SubcallKind::LlmQuery,
-                                DriverKind::Rlm => SubcallKind::RlmQuery,
-                            } as i32,
-                            prompts: subcall.prompts,
-                            model: subcall.model.unwrap_or_default(),
-                            batched: subcall.batched,
-                            contexts: subcall
-                                .contexts
-                                .into_iter()
-                                .map(|c| SubcallContext {
-                                    source: c.map(|c| subcall_context::Source::Text(c.text)),
-                                })
-                                .collect(),
-                        })
+                        inbound_open = false;
+                        CellInput::Interrupt
                     }
                 };
-                if outbound
-                    .send(Ok(ExecuteResponse {
-                        payload: Some(payload),
-                    }))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+                let _ = inputs_tx.send(input).await;
             }
-        })
-    };
-
-    let outcome = manager
-        .execute(
-            &start.session_id,
-            &start.code,
-            timeout,
-            &events_tx,
-            &mut inputs_rx,
-        )
-        .await;
-    drop(events_tx);
-    let _ = writer.await;
-    reader.abort();
-    let message = match outcome {
-        Err(err) => Err(manager_error(err)),
-        Ok(outcome) => {
-            let cell = outcome.cell;
-            let done = cell.done.unwrap_or_default();
-            Ok(ExecuteResponse {
-                payload: Some(execute_response::Payload::Result(ExecuteResult {
-                    final_called: done.final_called,
-                    final_value: if done.final_called {
-                        done.final_value
-                    } else {
-                        None
-                    },
-                    error: done.error.map(|e| ExecutionError {
-                        exception_type: e.kind,
-                        message: e.message,
-                        traceback: e.traceback,
-                    }),
-                    timed_out: cell.timed_out,
-                    interrupted: cell.interrupted,
-                    session_ended: outcome.end_reason.is_some(),
-                    end_reason: match outcome.end_reason {
-                        None => SessionEndReason::Unspecified,
-                        Some(EndReason::OomKilled) => SessionEndReason::OomKilled,
-                        Some(EndReason::TimeoutKilled) if cell.timed_out => {
-                            SessionEndReason::TimeoutKilled
-                        }
-                        Some(EndReason::TimeoutKilled) => SessionEndReason::InterruptKilled,
-                        Some(EndReason::Crashed) => SessionEndReason::Crashed,
-                        Some(EndReason::ProtocolViolation) => SessionEndReason::ProtocolError,
-                        Some(EndReason::Abandoned) => SessionEndReason::InterruptKilled,
-                    } as i32,
-                    end_detail: outcome.end_detail,
-                    truncated: cell.truncated,
-                    output_bytes: cell.output_bytes,
-                    cpu_ms: outcome.cpu_ms,
-                    max_rss_bytes: outcome.max_rss_bytes,
-                    wall_duration: prost_types::Duration::try_from(cell.wall).ok(),
-                    subcalls: cell.subcalls,
-                })),
-            })
         }
     };
+    // Events the cell queued after the last one forwarded.
+    while let Ok(event) = events_rx.try_recv() {
+        let _ = outbound.send(Ok(to_response(event))).await;
+    }
+    let message = match (failure, outcome) {
+        (Some(status), _) => Err(status),
+        (None, Err(err)) => Err(manager_error(err)),
+        (None, Ok(outcome)) => Ok(result_response(outcome)),
+    };
     let _ = outbound.send(message).await;
+}
+
+/// What one client message means for the running cell.
+fn client_input(
+    message: ExecuteRequest,
+    outstanding: &mut HashMap<u64, usize>,
+) -> Result<CellInput, Status> {
+    match message.payload {
+        Some(execute_request::Payload::SubcallResponse(response)) => {
+            match outstanding.remove(&response.id) {
+                Some(count) if count == response.results.len() => {
+                    Ok(CellInput::Answer(to_answer(response)))
+                }
+                Some(count) => Err(Status::invalid_argument(format!(
+                    "subcall_response.results: {} results for {count} prompts",
+                    response.results.len()
+                ))),
+                None => Err(Status::invalid_argument(format!(
+                    "subcall_response.id: {} is not an outstanding sub-call",
+                    response.id
+                ))),
+            }
+        }
+        Some(execute_request::Payload::Interrupt(interrupt)) => {
+            tracing::info!(reason = %interrupt.reason, "cell interrupted by the client");
+            Ok(CellInput::Interrupt)
+        }
+        Some(execute_request::Payload::Start(_)) | None => Err(Status::invalid_argument(
+            "start: only the first message may be ExecuteStart",
+        )),
+    }
+}
+
+fn to_response(event: CellEvent) -> ExecuteResponse {
+    let payload = match event {
+        CellEvent::Output(stream, data) => execute_response::Payload::Output(OutputChunk {
+            stream: match stream {
+                OutStream::Stdout => OutputStream::Stdout,
+                OutStream::Stderr => OutputStream::Stderr,
+            } as i32,
+            data,
+        }),
+        CellEvent::Subcall(subcall) => execute_response::Payload::SubcallRequest(SubcallRequest {
+            id: subcall.id,
+            kind: match subcall.kind {
+                DriverKind::Llm => SubcallKind::LlmQuery,
+                DriverKind::Rlm => SubcallKind::RlmQuery,
+            } as i32,
+            prompts: subcall.prompts,
+            model: subcall.model.unwrap_or_default(),
+            batched: subcall.batched,
+            contexts: subcall
+                .contexts
+                .into_iter()
+                .map(|c| SubcallContext {
+                    source: c.map(|c| subcall_context::Source::Text(c.text)),
+                })
+                .collect(),
+        }),
+    };
+    ExecuteResponse {
+        payload: Some(payload),
+    }
+}
+
+fn result_response(outcome: ExecuteOutcome) -> ExecuteResponse {
+    let cell = outcome.cell;
+    let done = cell.done.unwrap_or_default();
+    ExecuteResponse {
+        payload: Some(execute_response::Payload::Result(ExecuteResult {
+            final_called: done.final_called,
+            final_value: if done.final_called {
+                done.final_value
+            } else {
+                None
+            },
+            error: done.error.map(|e| ExecutionError {
+                exception_type: e.kind,
+                message: e.message,
+                traceback: e.traceback,
+            }),
+            timed_out: cell.timed_out,
+            interrupted: cell.interrupted,
+            session_ended: outcome.end_reason.is_some(),
+            end_reason: match outcome.end_reason {
+                None => SessionEndReason::Unspecified,
+                Some(EndReason::OomKilled) => SessionEndReason::OomKilled,
+                Some(EndReason::TimeoutKilled) if cell.timed_out => SessionEndReason::TimeoutKilled,
+                Some(EndReason::TimeoutKilled) | Some(EndReason::Abandoned) => {
+                    SessionEndReason::InterruptKilled
+                }
+                Some(EndReason::Exited) => SessionEndReason::Exited,
+                Some(EndReason::Crashed) => SessionEndReason::Crashed,
+                Some(EndReason::ProtocolViolation) => SessionEndReason::ProtocolError,
+            } as i32,
+            end_detail: outcome.end_detail,
+            truncated: cell.truncated,
+            output_bytes: cell.output_bytes,
+            cpu_ms: outcome.cpu_ms,
+            max_rss_bytes: outcome.max_rss_bytes,
+            wall_duration: prost_types::Duration::try_from(cell.wall).ok(),
+            subcalls: cell.subcalls,
+        })),
+    }
 }
 
 fn to_answer(response: SubcallResponse) -> SubcallAnswer {

@@ -33,6 +33,7 @@ fn python_runs_isolated_as_an_unprivileged_uid() {
         python_prefix: None,
         allowed_paths: Vec::new(),
         network: false,
+        driver: None,
     });
     let code = r#"
 import os, socket

@@ -279,7 +279,23 @@ async fn a_dead_session_reports_why_and_the_next_call_is_refused() {
     let id = sandbox.session().await;
     let run = sandbox.run(&id, "import os\nos._exit(3)").await;
     assert!(run.result.session_ended, "{:?}", run.result);
-    assert_eq!(run.result.end_reason(), SessionEndReason::Crashed);
+    assert_eq!(run.result.end_reason(), SessionEndReason::Exited);
+    assert!(
+        run.result.end_detail.contains("status 3"),
+        "{:?}",
+        run.result
+    );
+    let crash = sandbox.session().await;
+    let run = sandbox
+        .run(&crash, "import ctypes\nctypes.string_at(0)")
+        .await;
+    assert_eq!(
+        run.result.end_reason(),
+        SessionEndReason::Crashed,
+        "{:?}",
+        run.result
+    );
+    sandbox.destroy(&crash).await;
     let again = sandbox
         .client
         .list_sessions(ListSessionsRequest::default())

@@ -55,7 +55,12 @@ pub struct RootfsSpec {
     pub allowed_paths: Vec<(PathBuf, bool)>,
     /// Adds what name resolution and TLS need (only with the network opt-in).
     pub network: bool,
+    /// Host file with the precompiled REPL driver, exposed at [`DRIVER_PATH`].
+    pub driver: Option<PathBuf>,
 }
+
+/// Where a session finds the precompiled driver.
+pub const DRIVER_PATH: &str = "/rlm/driver.bin";
 
 /// Top-level host entries the sandbox gets (read-only): a directory is
 /// bind-mounted, a symlink (merged-/usr systems) is recreated as a symlink.
@@ -123,6 +128,14 @@ pub fn plan_with(
             }),
             HostEntry::Missing => {}
         }
+    }
+    if let Some(driver) = &spec.driver {
+        steps.push(Step::Bind {
+            source: driver.clone(),
+            target: relative(Path::new(DRIVER_PATH)),
+            writable: false,
+            is_dir: false,
+        });
     }
     if let Some(prefix) = &spec.python_prefix {
         steps.push(Step::Bind {
@@ -284,6 +297,7 @@ mod tests {
             python_prefix: Some("/opt/python3.11".into()),
             allowed_paths: vec![("/data/ro".into(), false), ("/data/rw".into(), true)],
             network: false,
+            driver: Some("/var/lib/rlm-agent/driver/abc.bin".into()),
         }
     }
 

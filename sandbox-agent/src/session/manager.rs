@@ -112,6 +112,9 @@ pub struct Manager {
 pub enum EndReason {
     OomKilled,
     TimeoutKilled,
+    /// The interpreter exited on its own.
+    Exited,
+    /// Killed by a signal the agent did not send.
     Crashed,
     ProtocolViolation,
     Abandoned,
@@ -324,13 +327,15 @@ impl Manager {
             grace: self.grace,
             output_cap: session.limits.output_cap_bytes,
         };
-        let before = launched.cgroup.as_ref().and_then(|c| c.usage().ok());
+        // Usage is read once per cell, after it; the previous reading is kept.
+        let before = launched.last_usage;
         let cell = launched
             .process
             .execute(code, &limits, events, inputs)
             .await;
         session.running_pid.store(0, Ordering::Relaxed);
         let after = launched.cgroup.as_ref().and_then(|c| c.usage().ok());
+        launched.last_usage = after;
         let (cpu_ms, max_rss_bytes) = match (&before, &after) {
             (Some(before), Some(after)) => (
                 (after.cpu_ns.saturating_sub(before.cpu_ns)) / 1_000_000,
@@ -343,23 +348,48 @@ impl Manager {
             _ => false,
         };
         session.touch();
+        let exit = match &cell.ended {
+            Some(Ended::Exited) if !oom => exit_status(launched.process.pid).await,
+            _ => None,
+        };
         let end_reason = cell.ended.as_ref().map(|ended| match ended {
             Ended::TimeoutKilled => EndReason::TimeoutKilled,
             Ended::Exited if oom => EndReason::OomKilled,
-            Ended::Exited => EndReason::Crashed,
+            Ended::Exited => match exit {
+                Some(nix::sys::wait::WaitStatus::Exited(..)) => EndReason::Exited,
+                _ => EndReason::Crashed,
+            },
             Ended::ProtocolViolation(_) => EndReason::ProtocolViolation,
             Ended::Abandoned => EndReason::Abandoned,
         });
         let end_detail = match (&cell.ended, end_reason) {
             (Some(Ended::ProtocolViolation(detail)), _) => detail.clone(),
-            (_, Some(EndReason::OomKilled)) => format!(
-                "memory limit of {} bytes exceeded",
-                session.limits.memory_bytes
-            ),
+            (_, Some(EndReason::OomKilled)) => {
+                format!(
+                    "memory limit of {} bytes exceeded",
+                    session.limits.memory_bytes
+                )
+            }
             (_, Some(EndReason::TimeoutKilled)) => {
                 format!("did not stop within {:?} of the interrupt", self.grace)
             }
-            (_, Some(EndReason::Crashed)) => "the session's Python process exited".to_owned(),
+            (_, Some(EndReason::Exited)) => match exit {
+                Some(nix::sys::wait::WaitStatus::Exited(_, code)) => {
+                    format!("the interpreter exited with status {code}")
+                }
+                _ => "the interpreter exited".to_owned(),
+            },
+            (_, Some(EndReason::Crashed)) => match exit {
+                Some(nix::sys::wait::WaitStatus::Signaled(
+                    _,
+                    nix::sys::signal::Signal::SIGSYS,
+                    _,
+                )) => "killed for a forbidden system call (seccomp)".to_owned(),
+                Some(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => {
+                    format!("killed by {signal}")
+                }
+                _ => "the session's Python process went away".to_owned(),
+            },
             (_, Some(EndReason::Abandoned)) => "the caller went away mid-cell".to_owned(),
             _ => String::new(),
         };
@@ -404,4 +434,18 @@ impl Manager {
             self.destroy(&id).await;
         }
     }
+}
+
+/// The exit status of a session process that has just closed its control
+/// socket, waiting briefly for it to finish exiting (it is our child).
+async fn exit_status(pid: i32) -> Option<nix::sys::wait::WaitStatus> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    for _ in 0..50 {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => tokio::time::sleep(Duration::from_millis(2)).await,
+            Ok(status) => return Some(status),
+            Err(_) => return None,
+        }
+    }
+    None
 }

@@ -233,6 +233,7 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
     let id = sandbox.session().await;
     sandbox.run(&id, "x = 0").await.ok();
     let mut rtt = Vec::new();
+    let mut inside = Vec::new();
     for _ in 0..(iterations * 10).max(200) {
         let started = Instant::now();
         let run = sandbox.run(&id, "x = x + 1").await;
@@ -240,7 +241,28 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
         if run.result.error.is_some() {
             bail!("x = x + 1 failed: {:?}", run.result);
         }
+        let wall = run.result.wall_duration.unwrap_or_default();
+        inside.push(Duration::new(wall.seconds as u64, wall.nanos as u32));
     }
+    let mut unary = Vec::new();
+    for _ in 0..(iterations * 10).max(200) {
+        let started = Instant::now();
+        sandbox
+            .client
+            .list_sessions(ListSessionsRequest::default())
+            .await?;
+        unary.push(started.elapsed());
+    }
+    table.row(
+        "floor: a unary gRPC call (ListSessions), same socket",
+        &Stats::new(unary),
+        "–",
+    );
+    table.row(
+        "Execute inside the agent: EXEC frame to DONE",
+        &Stats::new(inside),
+        "–",
+    );
     table.row(
         "Execute `x = x + 1` round trip (Unix socket)",
         &Stats::new(rtt),
