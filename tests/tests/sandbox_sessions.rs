@@ -441,3 +441,60 @@ async fn cgroup_namespace_hides_the_host_hierarchy() {
     assert_eq!(run.out(), "['/']\n");
     sandbox.destroy(&id).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sessions_expire_and_the_session_limit_holds() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = agent_env(
+        dir.path(),
+        &format!("rlm-test-limit-{}", std::process::id()),
+    );
+    env.insert("RLM_AGENT_MAX_SESSIONS".into(), "2".into());
+    let address = env["RLM_AGENT_LISTEN"].clone();
+    let agent = Service::start("rlm-sandbox-agent", dir.path(), &env, &[]);
+    wait_serving(&address, &agent).await;
+    let mut sandbox = Sandbox::connect(&address).await;
+    let short = SessionLimits {
+        idle_ttl: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let expiring = sandbox.create(Some(short), Vec::new()).await.session_id;
+    let kept = sandbox.session().await;
+    let refused = sandbox
+        .client
+        .create_session(CreateSessionRequest::default())
+        .await
+        .expect_err("over the limit");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let listed = sandbox
+        .client
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    let ids: Vec<&str> = listed
+        .sessions
+        .iter()
+        .map(|s| s.session_id.as_str())
+        .collect();
+    assert!(
+        !ids.contains(&expiring.as_str()),
+        "idle past its TTL: {ids:?}"
+    );
+    assert!(
+        ids.contains(&kept.as_str()),
+        "default TTL is 10 minutes: {ids:?}"
+    );
+    // The expired one freed a slot.
+    sandbox.session().await;
+}
