@@ -332,6 +332,8 @@ async fn run_execute(
     let mut outstanding: HashMap<u64, usize> = HashMap::new();
     let mut inbound_open = true;
     let mut failure: Option<Status> = None;
+    // The caller went away mid-cell: its session is killed, not left running.
+    let mut abandoned = false;
 
     let cell = manager.execute(
         &start.session_id,
@@ -349,11 +351,16 @@ async fn run_execute(
                 if let CellEvent::Subcall(subcall) = &event {
                     outstanding.insert(subcall.id, subcall.prompts.len());
                 }
-                // A gone client makes this fail; the cell notices through its
-                // own sends and ends the session.
-                let _ = outbound.send(Ok(to_response(event))).await;
+                if outbound.send(Ok(to_response(event))).await.is_err() && !abandoned {
+                    abandoned = true;
+                    manager.kill_running(&start.session_id);
+                }
             }
             outcome = &mut cell => break outcome,
+            () = outbound.closed(), if !abandoned => {
+                abandoned = true;
+                manager.kill_running(&start.session_id);
+            }
             message = inbound.message(), if inbound_open => {
                 let input = match message {
                     Ok(Some(message)) => match client_input(message, &mut outstanding) {
@@ -369,10 +376,12 @@ async fn run_execute(
                         inbound_open = false;
                         continue;
                     }
-                    // A broken client stream interrupts the cell.
+                    // A broken client stream: the caller is gone.
                     Err(_) => {
                         inbound_open = false;
-                        CellInput::Interrupt
+                        abandoned = true;
+                        manager.kill_running(&start.session_id);
+                        continue;
                     }
                 };
                 let _ = inputs_tx.send(input).await;
@@ -382,6 +391,11 @@ async fn run_execute(
     // Events the cell queued after the last one forwarded.
     while let Ok(event) = events_rx.try_recv() {
         let _ = outbound.send(Ok(to_response(event))).await;
+    }
+    if abandoned || outbound.is_closed() {
+        tracing::info!(session = %start.session_id, "caller went away mid-cell: destroying the session");
+        manager.destroy(&start.session_id).await;
+        return;
     }
     let message = match (failure, outcome) {
         (Some(status), _) => Err(status),

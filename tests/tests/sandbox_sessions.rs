@@ -498,3 +498,59 @@ async fn idle_sessions_expire_and_the_session_limit_holds() {
     // The expired one freed a slot.
     sandbox.session().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_goes_away_mid_cell_takes_its_session_with_it() {
+    let mut sandbox = Sandbox::shared().await;
+    let id = sandbox.session().await;
+    let marker = format!("{}.{}", 700 + std::process::id() % 100, std::process::id());
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    sender
+        .send(ExecuteRequest {
+            payload: Some(execute_request::Payload::Start(ExecuteStart {
+                session_id: id.clone(),
+                code: format!("import subprocess, time\nsubprocess.Popen(['sleep', '{marker}'])\nprint('running', flush=True)\nwhile True: time.sleep(0.01)"),
+                timeout: None,
+            })),
+        })
+        .await
+        .expect("start");
+    let mut responses = sandbox
+        .client
+        .execute(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect("execute")
+        .into_inner();
+    let first = responses.message().await.expect("stream").expect("output");
+    assert!(matches!(
+        first.payload,
+        Some(execute_response::Payload::Output(_))
+    ));
+    drop((responses, sender));
+
+    let survivors = || {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&marker))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let listed = sandbox
+            .client
+            .list_sessions(ListSessionsRequest::default())
+            .await
+            .expect("list")
+            .into_inner();
+        let gone = !listed.sessions.iter().any(|s| s.session_id == id);
+        if gone && survivors() == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session or its processes outlived the caller by 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

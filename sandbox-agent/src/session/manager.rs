@@ -286,6 +286,17 @@ impl Manager {
         }
     }
 
+    /// Kills the process of the cell running in session `id`, without waiting
+    /// (the cell then ends and the session with it). For a caller that has gone away.
+    pub fn kill_running(&self, id: &str) {
+        if let Some(pid) = self.get(id).and_then(|session| self.running_pid(&session)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
     fn running_pid(&self, session: &Session) -> Option<i32> {
         session
             .running_pid
