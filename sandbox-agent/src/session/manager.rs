@@ -194,14 +194,25 @@ impl Manager {
         let files = self.open_contexts(&context_ids)?;
         let profile = limits.profile();
         let id = self.new_id();
-        let (mut launched, from_pool) = match self.pool.take(&profile).await {
-            Some(launched) => (launched, true),
-            None => (self.launcher.launch(&id, &profile).await?, false),
+        // A pooled process that died while waiting (it fails the hand-over)
+        // is replaced by a fresh one rather than failing the request.
+        let mut pooled = self.pool.take(&profile).await;
+        let (launched, from_pool) = loop {
+            let (mut launched, from_pool) = match pooled.take() {
+                Some(launched) => (launched, true),
+                None => (self.launcher.launch(&id, &profile).await?, false),
+            };
+            match launched.process.attach_contexts(&files).await {
+                Ok(()) => break (launched, from_pool),
+                Err(err) => {
+                    tokio::task::spawn_blocking(move || launched.terminate());
+                    if !from_pool {
+                        return Err(ManagerError::Attach(err.to_string()));
+                    }
+                    tracing::warn!("a warm session was unusable ({err}); starting a fresh one");
+                }
+            }
         };
-        if let Err(err) = launched.process.attach_contexts(&files).await {
-            tokio::task::spawn_blocking(move || launched.terminate());
-            return Err(ManagerError::Attach(err.to_string()));
-        }
         let now = (Instant::now(), SystemTime::now());
         let session = Arc::new(Session {
             id: id.clone(),

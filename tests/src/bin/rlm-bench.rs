@@ -135,6 +135,13 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
 
     // Baselines: the cost of a Python start, plain and under other isolators.
     let python = "/usr/bin/python3";
+    if let Some(stats) = time_command(python, &["-I", "-c", "pass"], iterations.min(30)) {
+        table.row(
+            "baseline: `python3 -I -c pass` (with `site`, as sessions run)",
+            &stats,
+            "–",
+        );
+    }
     if let Some(stats) = time_command(python, &["-I", "-S", "-c", "pass"], iterations.min(30)) {
         table.row("baseline: `python3 -I -S -c pass`, plain", &stats, "–");
     }
