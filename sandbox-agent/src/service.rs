@@ -287,45 +287,114 @@ impl SandboxService for SandboxApi {
                 ));
             }
         };
-        if start.session_id.is_empty() {
-            return Err(Status::invalid_argument("start.session_id: required"));
-        }
-        if start.code.len() > MAX_CODE_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "start.code: at most {MAX_CODE_BYTES} bytes"
-            )));
-        }
-        let timeout =
-            duration_from(start.timeout.as_ref(), "start.timeout")?.unwrap_or(DEFAULT_CELL_TIMEOUT);
-        let session = self.manager.get(&start.session_id).ok_or_else(|| {
-            Status::not_found(format!("session_id: no session {}", start.session_id))
-        })?;
-        if session.is_busy() {
-            return Err(Status::failed_precondition(format!(
-                "session {} is running another Execute",
-                session.id
-            )));
-        }
+        // The first cell's problems are RPC errors; later cells' end the stream.
+        let timeout = check_start(&self.manager, &start)?;
 
         let (outbound, responses) = mpsc::channel::<Result<ExecuteResponse, Status>>(32);
         let manager = self.manager.clone();
-        tokio::spawn(run_execute(manager, start, timeout, inbound, outbound));
+        tokio::spawn(run_cells(manager, start, timeout, inbound, outbound));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(responses),
         )))
     }
 }
 
-/// Runs one Execute call in a single task: the cell, the client's answers and
-/// interrupts, and the cell's events going out, multiplexed with `select!`
-/// (no helper tasks: every hop between tasks costs a wake-up on the hot path).
-async fn run_execute(
+/// Validates a start message: its fields, and that the session exists and is idle.
+fn check_start(manager: &Manager, start: &ExecuteStart) -> Result<Duration, Status> {
+    if start.session_id.is_empty() {
+        return Err(Status::invalid_argument("start.session_id: required"));
+    }
+    if start.code.len() > MAX_CODE_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "start.code: at most {MAX_CODE_BYTES} bytes"
+        )));
+    }
+    let timeout =
+        duration_from(start.timeout.as_ref(), "start.timeout")?.unwrap_or(DEFAULT_CELL_TIMEOUT);
+    let session = manager
+        .get(&start.session_id)
+        .ok_or_else(|| Status::not_found(format!("session_id: no session {}", start.session_id)))?;
+    if session.is_busy() {
+        return Err(Status::failed_precondition(format!(
+            "session {} is running another Execute",
+            session.id
+        )));
+    }
+    Ok(timeout)
+}
+
+/// Runs cells one after another on one Execute stream: after each result the
+/// client may send the next `start`, or close its side to end the stream.
+async fn run_cells(
     manager: Arc<Manager>,
-    start: ExecuteStart,
-    timeout: Duration,
+    mut start: ExecuteStart,
+    mut timeout: Duration,
     mut inbound: Streaming<ExecuteRequest>,
     outbound: mpsc::Sender<Result<ExecuteResponse, Status>>,
 ) {
+    loop {
+        match run_cell(&manager, &start, timeout, &mut inbound, &outbound).await {
+            CellEnd::Result(response) => {
+                if outbound.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+            CellEnd::Failed(status) => {
+                let _ = outbound.send(Err(status)).await;
+                return;
+            }
+            CellEnd::InboundClosed(response) => {
+                let _ = outbound.send(Ok(response)).await;
+                return;
+            }
+            CellEnd::Abandoned => return,
+        }
+        // Between cells: the next start, or the end of the stream. Answers to
+        // sub-calls of the finished cell (it cancels them at its end) and
+        // interrupts that arrive too late are ignored.
+        let next = loop {
+            match inbound.message().await {
+                Ok(Some(ExecuteRequest {
+                    payload: Some(execute_request::Payload::Start(next)),
+                })) => break next,
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        };
+        match check_start(&manager, &next) {
+            Ok(next_timeout) => {
+                start = next;
+                timeout = next_timeout;
+            }
+            Err(status) => {
+                let _ = outbound.send(Err(status)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// How one cell's part of the stream ended.
+enum CellEnd {
+    Result(ExecuteResponse),
+    /// The result, and the client has closed its side (no further cells).
+    InboundClosed(ExecuteResponse),
+    /// An error that ends the stream.
+    Failed(Status),
+    /// The caller went away; the session has been destroyed.
+    Abandoned,
+}
+
+/// Runs one cell in a single task: the cell, the client's answers and
+/// interrupts, and the cell's events going out, multiplexed with `select!`
+/// (no helper tasks: every hop between tasks costs a wake-up on the hot path).
+async fn run_cell(
+    manager: &Manager,
+    start: &ExecuteStart,
+    timeout: Duration,
+    inbound: &mut Streaming<ExecuteRequest>,
+    outbound: &mpsc::Sender<Result<ExecuteResponse, Status>>,
+) -> CellEnd {
     let (events_tx, mut events_rx) = mpsc::channel::<CellEvent>(16);
     let (inputs_tx, mut inputs_rx) = mpsc::channel::<CellInput>(16);
     // Prompt counts of sub-calls sent and not yet answered, to validate answers.
@@ -395,14 +464,14 @@ async fn run_execute(
     if abandoned || outbound.is_closed() {
         tracing::info!(session = %start.session_id, "caller went away mid-cell: destroying the session");
         manager.destroy(&start.session_id).await;
-        return;
+        return CellEnd::Abandoned;
     }
-    let message = match (failure, outcome) {
-        (Some(status), _) => Err(status),
-        (None, Err(err)) => Err(manager_error(err)),
-        (None, Ok(outcome)) => Ok(result_response(outcome)),
-    };
-    let _ = outbound.send(message).await;
+    match (failure, outcome) {
+        (Some(status), _) => CellEnd::Failed(status),
+        (None, Err(err)) => CellEnd::Failed(manager_error(err)),
+        (None, Ok(outcome)) if inbound_open => CellEnd::Result(result_response(outcome)),
+        (None, Ok(outcome)) => CellEnd::InboundClosed(result_response(outcome)),
+    }
 }
 
 /// What one client message means for the running cell.

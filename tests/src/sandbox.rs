@@ -225,11 +225,83 @@ impl Sandbox {
                         .expect("answer sub-call");
                 }
                 Some(execute_response::Payload::Result(result)) => {
+                    // Closing our side ends the stream (it could carry more cells).
                     run.result = result;
+                    break;
                 }
                 None => {}
             }
         }
         run
+    }
+}
+
+/// One Execute stream kept open for many cells, as the orchestrator uses it.
+pub struct CellStream {
+    sender: mpsc::Sender<ExecuteRequest>,
+    responses: tonic::Streaming<ExecuteResponse>,
+}
+
+impl CellStream {
+    /// Opens the stream with its first cell; returns the stream and that cell's result.
+    pub async fn open(
+        sandbox: &mut Sandbox,
+        session_id: &str,
+        code: &str,
+    ) -> Result<(Self, Run), tonic::Status> {
+        let (sender, receiver) = mpsc::channel(4);
+        sender
+            .send(start(session_id, code))
+            .await
+            .map_err(|_| tonic::Status::internal("queue closed"))?;
+        let responses = sandbox
+            .client
+            .execute(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
+        let mut stream = Self { sender, responses };
+        let run = stream.collect().await?;
+        Ok((stream, run))
+    }
+
+    /// Runs the next cell on the open stream.
+    pub async fn run(&mut self, session_id: &str, code: &str) -> Result<Run, tonic::Status> {
+        self.sender
+            .send(start(session_id, code))
+            .await
+            .map_err(|_| tonic::Status::internal("queue closed"))?;
+        self.collect().await
+    }
+
+    async fn collect(&mut self) -> Result<Run, tonic::Status> {
+        let mut run = Run::default();
+        while let Some(message) = self.responses.message().await? {
+            match message.payload {
+                Some(execute_response::Payload::Output(chunk)) => match chunk.stream() {
+                    OutputStream::Stderr => run.stderr.extend_from_slice(&chunk.data),
+                    _ => run.stdout.extend_from_slice(&chunk.data),
+                },
+                Some(execute_response::Payload::Result(result)) => {
+                    run.result = result;
+                    return Ok(run);
+                }
+                _ => {
+                    return Err(tonic::Status::internal(
+                        "unexpected message on a cell stream",
+                    ));
+                }
+            }
+        }
+        Err(tonic::Status::internal("stream ended before the result"))
+    }
+}
+
+fn start(session_id: &str, code: &str) -> ExecuteRequest {
+    ExecuteRequest {
+        payload: Some(execute_request::Payload::Start(ExecuteStart {
+            session_id: session_id.to_owned(),
+            code: code.to_owned(),
+            timeout: None,
+        })),
     }
 }

@@ -554,3 +554,40 @@ async fn a_caller_that_goes_away_mid_cell_takes_its_session_with_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_stream_carries_many_cells_in_order() {
+    use rlm_e2e::sandbox::CellStream;
+    let mut sandbox = Sandbox::shared().await;
+    let id = sandbox.session().await;
+    let other = sandbox.session().await;
+    let (mut stream, first) = CellStream::open(&mut sandbox, &id, "n = 0\nprint('first')")
+        .await
+        .expect("open");
+    assert_eq!(first.ok().out(), "first\n");
+    for i in 1..=20 {
+        let run = stream
+            .run(&id, "n = n + 1\nprint(n)")
+            .await
+            .expect("cell")
+            .ok();
+        assert_eq!(run.out(), format!("{i}\n"));
+    }
+    // Cells of another session may share the stream.
+    assert_eq!(
+        stream
+            .run(&other, "print('other')")
+            .await
+            .expect("cell")
+            .ok()
+            .out(),
+        "other\n"
+    );
+    let missing = stream
+        .run("s-nope", "1")
+        .await
+        .expect_err("unknown session ends the stream");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    sandbox.destroy(&id).await;
+    sandbox.destroy(&other).await;
+}
