@@ -210,6 +210,17 @@ impl<'a> Settings<'a> {
     }
 }
 
+/// Parses the process's arguments and environment with `command` (whose
+/// `--config` argument names the TOML file) and resolves the settings.
+pub fn load<T>(
+    command: clap::Command,
+    resolve: impl FnOnce(&Settings<'_>) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let matches = command.clone().get_matches();
+    let settings = Settings::new(&command, &matches, "config")?;
+    resolve(&settings)
+}
+
 /// Parses a duration written as whole seconds (`30`) or with a unit: `250ms`, `30s`, `5m`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();

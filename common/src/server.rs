@@ -213,3 +213,37 @@ pub async fn drain_with_deadline(
         }
     }
 }
+
+/// The `main` of an RLM binary: configuration (exit status 2 with the message
+/// on error), a multi-threaded runtime, then `run`; failures go to stderr with
+/// their context and exit status 1.
+pub fn run_main<C, Fut>(
+    name: &str,
+    config: impl FnOnce() -> Result<C, crate::config::ConfigError>,
+    run: impl FnOnce(C) -> Fut,
+) -> std::process::ExitCode
+where
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config = match config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{name}: configuration error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{name}: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{name}: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -51,31 +51,24 @@ pub struct Config {
 
 impl Config {
     /// Parses the process's arguments and environment.
+    /// Parses the process's arguments and environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_args(std::env::args_os())
+        rlm_common::config::load(Cli::command(), Self::resolve)
     }
 
-    pub fn from_args<I, T>(args: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let command = Cli::command();
-        let matches = command.clone().get_matches_from(args);
-        let settings = Settings::new(&command, &matches, "config")?;
-        let tcp = |v: &str| Address::parse_tcp(v);
+    fn resolve(settings: &Settings<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             listen: settings.get(
                 "listen",
                 "127.0.0.1:50051",
                 "HOST:PORT, tcp://HOST:PORT",
-                tcp,
+                Address::parse_tcp,
             )?,
             http_listen: settings.get(
                 "http_listen",
                 "127.0.0.1:9464",
                 "HOST:PORT, tcp://HOST:PORT",
-                tcp,
+                Address::parse_tcp,
             )?,
             sandbox_endpoint: settings.get(
                 "sandbox_endpoint",
@@ -106,7 +99,7 @@ impl Config {
                     }
                 },
             )?,
-            service: ServiceSettings::resolve(&settings)?,
+            service: ServiceSettings::resolve(settings)?,
         })
     }
 }

@@ -5,5 +5,6 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod sandbox_client;
 pub mod service;

@@ -11,27 +11,7 @@ use rlm_orchestrator::service::RlmApi;
 use rlm_proto::rlm::v1::rlm_service_server::{RlmServiceServer, SERVICE_NAME};
 
 fn main() -> std::process::ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("rlm-orchestrator: configuration error: {err}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rlm-orchestrator: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("rlm-orchestrator: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    server::run_main("rlm-orchestrator", Config::from_env, run)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

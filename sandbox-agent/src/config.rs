@@ -94,18 +94,12 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 impl Config {
+    /// Parses the process's arguments and environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_args(std::env::args_os())
+        rlm_common::config::load(Cli::command(), Self::resolve)
     }
 
-    pub fn from_args<I, T>(args: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let command = Cli::command();
-        let matches = command.clone().get_matches_from(args);
-        let settings = Settings::new(&command, &matches, "config")?;
+    fn resolve(settings: &Settings<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             listen: settings.get(
                 "listen",
@@ -236,7 +230,7 @@ impl Config {
                     }
                 },
             )?,
-            service: ServiceSettings::resolve(&settings)?,
+            service: ServiceSettings::resolve(settings)?,
         })
     }
 }

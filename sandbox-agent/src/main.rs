@@ -17,27 +17,7 @@ use rlm_sandbox_agent::session::manager::Manager;
 use rlm_sandbox_agent::session::pool::Pool;
 
 fn main() -> std::process::ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("rlm-sandbox-agent: configuration error: {err}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rlm-sandbox-agent: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("rlm-sandbox-agent: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    server::run_main("rlm-sandbox-agent", Config::from_env, run)
 }
 
 const FULL_FEATURES: &[IsolationFeature] = &[
