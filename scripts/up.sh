@@ -13,12 +13,15 @@ export RLM_AGENT_DATA_DIR="${RLM_AGENT_DATA_DIR:-$state/agent}"
 export RLM_SANDBOX_ENDPOINT="${RLM_SANDBOX_ENDPOINT:-$RLM_AGENT_LISTEN}"
 export RLM_LOG_DIR="${RLM_LOG_DIR:-$state/trajectories}"
 
-./target/release/rlm-sandbox-agent &
+# Own sessions, so a terminal's Ctrl-C reaches only this script, which then
+# sends each service exactly one SIGTERM (a second signal would skip the drain).
+setsid ./target/release/rlm-sandbox-agent &
 agent=$!
-./target/release/rlm-orchestrator &
+setsid ./target/release/rlm-orchestrator &
 orchestrator=$!
 
 stop() {
+  trap - INT TERM EXIT
   kill -TERM "$orchestrator" "$agent" 2>/dev/null || true
   wait "$orchestrator" "$agent" 2>/dev/null || true
 }
