@@ -6,6 +6,8 @@ use clap::{CommandFactory, Parser};
 use rlm_common::config::{ConfigError, ServiceArgs, ServiceSettings, Settings};
 use rlm_common::listen::{ADDRESS_FORMS, Address};
 
+use crate::session::limits::{Limits, Profile};
+
 /// rlm-sandbox-agent: runs model-written Python in isolated, persistent sessions.
 #[derive(Debug, Parser)]
 #[command(name = "rlm-sandbox-agent", version)]
@@ -34,6 +36,10 @@ pub struct Cli {
     /// Warm-pool size for the default limits profile [default: 4].
     #[arg(long, env = "RLM_AGENT_POOL_SIZE", value_name = "N")]
     pub pool_size: Option<String>,
+    /// More warm pools: `mem=MiB,cpu=MILLICORES,pids=N,tmp=MiB:SIZE` entries separated by `;`
+    /// (unnamed fields take the defaults) [default: none].
+    #[arg(long, env = "RLM_AGENT_POOL_PROFILES", value_name = "PROFILES")]
+    pub pool_profiles: Option<String>,
     /// Most live sessions at once [default: 256].
     #[arg(long, env = "RLM_AGENT_MAX_SESSIONS", value_name = "N")]
     pub max_sessions: Option<String>,
@@ -68,6 +74,7 @@ pub struct Config {
     pub isolation: IsolationChoice,
     pub python: PathBuf,
     pub pool_size: usize,
+    pub pool_profiles: Vec<(Profile, usize)>,
     pub max_sessions: usize,
     pub uid_range: (u32, u32),
     pub allow_network: bool,
@@ -166,6 +173,12 @@ impl Config {
                 "a whole number from 0 to 256",
                 parse_count(256),
             )?,
+            pool_profiles: settings.get(
+                "pool_profiles",
+                "",
+                "`mem=MiB,cpu=MILLICORES,pids=N,tmp=MiB:SIZE` entries separated by `;`",
+                parse_pool_profiles,
+            )?,
             max_sessions: settings.get(
                 "max_sessions",
                 "256",
@@ -232,5 +245,63 @@ impl Config {
             )?,
             service: ServiceSettings::resolve(settings)?,
         })
+    }
+}
+
+/// Parses `RLM_AGENT_POOL_PROFILES`.
+fn parse_pool_profiles(text: &str) -> Result<Vec<(Profile, usize)>, String> {
+    const MIB: u64 = 1 << 20;
+    let mut profiles = Vec::new();
+    for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (fields, size) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{entry}` has no `:SIZE`"))?;
+        let size = parse_count(256)(size.trim())?;
+        let mut profile = Limits::default().profile();
+        for field in fields.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| format!("`{field}` is not KEY=VALUE"))?;
+            let number: u64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{value}` in `{field}` is not a number"))?;
+            match key.trim() {
+                "mem" => profile.memory_bytes = number * MIB,
+                "cpu" => {
+                    profile.cpu_millicores = u32::try_from(number).map_err(|_| "cpu too large")?
+                }
+                "pids" => profile.max_pids = u32::try_from(number).map_err(|_| "pids too large")?,
+                "tmp" => profile.tmpfs_bytes = number * MIB,
+                other => return Err(format!("unknown field `{other}` (mem, cpu, pids, tmp)")),
+            }
+        }
+        if profile.memory_bytes < 32 * MIB
+            || profile.tmpfs_bytes > profile.memory_bytes
+            || !(10..=64_000).contains(&profile.cpu_millicores)
+            || !(8..=4096).contains(&profile.max_pids)
+        {
+            return Err(format!("`{entry}` is outside the session limits' ranges"));
+        }
+        profiles.push((profile, size));
+    }
+    Ok(profiles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_profiles_parse_with_defaults_and_reject_nonsense() {
+        let parsed = parse_pool_profiles("mem=256,cpu=500:2; pids=128:1").expect("valid");
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].0.name(), "mem256Mi-cpu500m-pids64-tmp64Mi");
+        assert_eq!(parsed[0].1, 2);
+        assert_eq!(parsed[1].0.name(), "mem512Mi-cpu1000m-pids128-tmp64Mi");
+        assert!(parse_pool_profiles("").expect("empty").is_empty());
+        for bad in ["mem=256", "mem=1:1", "gpu=1:1", "mem=x:1", "pids=2:1"] {
+            assert!(parse_pool_profiles(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -161,16 +161,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let (launcher, info) = build_launcher(&config)?;
     let launcher = Arc::new(launcher);
-    let pool = Pool::new(Limits::default().profile(), config.pool_size);
+    let mut pools = vec![Pool::new(Limits::default().profile(), config.pool_size)];
+    for (profile, size) in &config.pool_profiles {
+        pools.push(Pool::new(profile.clone(), *size));
+    }
     let manager = Manager::new(
         launcher.clone(),
-        pool.clone(),
+        pools.clone(),
         contexts.clone(),
         config.max_sessions,
     );
     let shutdown = Shutdown::new();
 
-    let pool_task = tokio::spawn(pool.clone().run(launcher.clone(), shutdown.wait()));
+    let pool_tasks: Vec<_> = pools
+        .iter()
+        .map(|pool| tokio::spawn(pool.clone().run(launcher.clone(), shutdown.wait())))
+        .collect();
     let expiry_task = tokio::spawn({
         let manager = manager.clone();
         let stop = shutdown.wait();
@@ -237,7 +243,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         server::drain_with_deadline(served, &shutdown, config.service.drain.deadline).await;
     expiry_task.abort();
     manager.destroy_all().await;
-    let _ = pool_task.await;
+    for task in pool_tasks {
+        let _ = task.await;
+    }
     launcher.remove_cgroup_parents();
     tracing::info!("rlm-sandbox-agent stopped");
     telemetry.shutdown().await;

@@ -202,7 +202,19 @@ impl SandboxService for SandboxApi {
         _request: Request<GetInfoRequest>,
     ) -> Result<Response<GetInfoResponse>, Status> {
         let (contexts, bytes) = self.contexts.stats();
-        let pool = self.manager.pool().stats().await;
+        let mut pools = Vec::new();
+        for pool in self.manager.pools() {
+            let stats = pool.stats().await;
+            pools.push(PoolStats {
+                profile: stats.profile,
+                target_size: stats.target as u32,
+                ready: stats.ready as u32,
+                starting: stats.starting as u32,
+                hits: stats.hits,
+                misses: stats.misses,
+                ..Default::default()
+            });
+        }
         Ok(Response::new(GetInfoResponse {
             agent_version: rlm_common::VERSION.to_owned(),
             python_version: self.info.python_version.clone(),
@@ -210,15 +222,7 @@ impl SandboxService for SandboxApi {
             isolation_features: self.info.features.iter().map(|f| *f as i32).collect(),
             cgroup_version: self.info.cgroup_version as i32,
             warnings: self.info.warnings.clone(),
-            pools: vec![PoolStats {
-                profile: pool.profile,
-                target_size: pool.target as u32,
-                ready: pool.ready as u32,
-                starting: pool.starting as u32,
-                hits: pool.hits,
-                misses: pool.misses,
-                ..Default::default()
-            }],
+            pools,
             live_sessions: self.manager.count() as u32,
             default_limits: Some(limits::Limits::default().to_proto()),
             max_limits: None,

@@ -591,3 +591,61 @@ async fn one_stream_carries_many_cells_in_order() {
     sandbox.destroy(&id).await;
     sandbox.destroy(&other).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_pool_profiles_serve_their_sessions_warm() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = agent_env(
+        dir.path(),
+        &format!("rlm-test-profiles-{}", std::process::id()),
+    );
+    env.insert("RLM_AGENT_POOL_PROFILES".into(), "mem=128,pids=32:1".into());
+    env.insert("RLM_AGENT_POOL_SIZE".into(), "0".into());
+    let address = env["RLM_AGENT_LISTEN"].clone();
+    let agent = Service::start("rlm-sandbox-agent", dir.path(), &env, &[]);
+    wait_serving(&address, &agent).await;
+    let mut sandbox = Sandbox::connect(&address).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = sandbox
+            .client
+            .get_info(GetInfoRequest {})
+            .await
+            .expect("info")
+            .into_inner();
+        let names: Vec<&str> = info.pools.iter().map(|p| p.profile.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mem512Mi-cpu1000m-pids64-tmp64Mi",
+                "mem128Mi-cpu1000m-pids32-tmp64Mi"
+            ]
+        );
+        if info.pools[1].ready == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "profile pool never filled: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let limits = SessionLimits {
+        memory_bytes: 128 << 20,
+        max_pids: 32,
+        ..Default::default()
+    };
+    let created = sandbox.create(Some(limits), Vec::new()).await;
+    assert!(created.from_warm_pool, "{created:?}");
+    let default = sandbox.create(None, Vec::new()).await;
+    assert!(!default.from_warm_pool, "the default pool is sized 0 here");
+    let run = sandbox
+        .run(
+            &created.session_id,
+            "print(open('/proc/self/status').read().count('Threads'))",
+        )
+        .await
+        .ok();
+    assert_eq!(run.out(), "1\n");
+}

@@ -99,7 +99,7 @@ impl Session {
 pub struct Manager {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     launcher: Arc<Launcher>,
-    pool: Arc<Pool>,
+    pools: Vec<Arc<Pool>>,
     contexts: Arc<ContextStore>,
     max_sessions: usize,
     counter: AtomicU64,
@@ -131,14 +131,14 @@ pub struct ExecuteOutcome {
 impl Manager {
     pub fn new(
         launcher: Arc<Launcher>,
-        pool: Arc<Pool>,
+        pools: Vec<Arc<Pool>>,
         contexts: Arc<ContextStore>,
         max_sessions: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             sessions: Mutex::new(HashMap::new()),
             launcher,
-            pool,
+            pools,
             contexts,
             max_sessions,
             counter: AtomicU64::new(0),
@@ -150,8 +150,8 @@ impl Manager {
         &self.launcher
     }
 
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
     }
 
     pub fn count(&self) -> usize {
@@ -196,7 +196,10 @@ impl Manager {
         let id = self.new_id();
         // A pooled process that died while waiting (it fails the hand-over)
         // is replaced by a fresh one rather than failing the request.
-        let mut pooled = self.pool.take(&profile).await;
+        let mut pooled = None;
+        if let Some(pool) = self.pools.iter().find(|pool| *pool.profile() == profile) {
+            pooled = pool.take().await;
+        }
         let (launched, from_pool) = loop {
             let (mut launched, from_pool) = match pooled.take() {
                 Some(launched) => (launched, true),

@@ -49,9 +49,9 @@ impl Pool {
         &self.profile
     }
 
-    /// A ready process for `profile`, if the pool has one.
-    pub async fn take(&self, profile: &Profile) -> Option<Launched> {
-        if *profile != self.profile || self.target == 0 {
+    /// A ready process of this pool's profile, if it has one.
+    pub async fn take(&self) -> Option<Launched> {
+        if self.target == 0 {
             return None;
         }
         let taken = self.ready.lock().await.pop_front();

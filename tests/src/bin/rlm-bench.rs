@@ -133,64 +133,56 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
     println!("| measurement | median ms | p95 ms | n | target |");
     println!("|---|---|---|---|---|");
 
-    // Baselines: the cost of a Python start, plain and under other isolators.
+    // Baselines: a Python start, plain and under other isolators, without and
+    // with `site` (sessions run with it, so that is the like-for-like row).
     let python = "/usr/bin/python3";
-    if let Some(stats) = time_command(python, &["-I", "-c", "pass"], iterations.min(30)) {
-        table.row(
-            "baseline: `python3 -I -c pass` (with `site`, as sessions run)",
-            &stats,
-            "–",
-        );
-    }
-    if let Some(stats) = time_command(python, &["-I", "-S", "-c", "pass"], iterations.min(30)) {
-        table.row("baseline: `python3 -I -S -c pass`, plain", &stats, "–");
-    }
-    if let Some(stats) = time_command(
-        "unshare",
-        &[
-            "--pid", "--fork", "--net", "--mount", "--ipc", "--uts", python, "-I", "-S", "-c",
-            "pass",
-        ],
-        iterations.min(30),
-    ) {
-        table.row("baseline: same under `unshare -pnmiu --fork`", &stats, "–");
-    }
-    if let Some(stats) = time_command(
-        "bwrap",
-        &[
-            "--ro-bind",
-            "/usr",
-            "/usr",
-            "--symlink",
-            "usr/lib",
-            "/lib",
-            "--symlink",
-            "usr/lib64",
-            "/lib64",
-            "--symlink",
-            "usr/bin",
-            "/bin",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
-            "--unshare-all",
-            "--die-with-parent",
-            python,
-            "-I",
-            "-S",
-            "-c",
-            "pass",
-        ],
-        iterations.min(30),
-    ) {
-        table.row(
-            "baseline: same under bubblewrap (`--unshare-all`)",
-            &stats,
-            "–",
-        );
+    let unshare = ["--pid", "--fork", "--net", "--mount", "--ipc", "--uts"];
+    let bwrap = [
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--unshare-all",
+        "--die-with-parent",
+    ];
+    for (flags, label) in [(&["-I", "-S"][..], "-I -S"), (&["-I"][..], "-I")] {
+        let code = [flags, &["-c", "pass"]].concat();
+        let runs = [
+            ("plain", python, code.clone()),
+            (
+                "`unshare -pnmiu --fork`",
+                "unshare",
+                [&unshare[..], &[python], &code].concat(),
+            ),
+            (
+                "bubblewrap `--unshare-all`",
+                "bwrap",
+                [&bwrap[..], &[python], &code].concat(),
+            ),
+        ];
+        for (how, program, args) in runs {
+            if let Some(stats) = time_command(program, &args, iterations.min(30)) {
+                table.row(
+                    &format!("baseline: `python3 {label} -c pass`, {how}"),
+                    &stats,
+                    "–",
+                );
+            }
+        }
     }
 
     // Warm: a default-profile session handed out by the pool.
