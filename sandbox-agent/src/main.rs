@@ -45,8 +45,8 @@ fn build_launcher(config: &Config) -> anyhow::Result<(Launcher, StaticInfo)> {
     std::fs::create_dir_all(&root_mount)
         .with_context(|| format!("creating {}", root_mount.display()))?;
     let scratch_dir = config.data_dir.join("scratch");
-    let driver_bin = match compile_driver(&config.python, &config.data_dir.join("driver")) {
-        Ok(path) => Some(path),
+    let driver = match compile_driver(&config.python, &config.data_dir.join("driver")) {
+        Ok(prepared) => Some(prepared),
         Err(err) => {
             tracing::warn!("running the REPL driver from source (slower session starts): {err}");
             None
@@ -73,7 +73,7 @@ fn build_launcher(config: &Config) -> anyhow::Result<(Launcher, StaticInfo)> {
                     python_prefix: None,
                     root_mount,
                     scratch_dir,
-                    driver_bin,
+                    driver: driver.clone(),
                 },
                 StaticInfo {
                     isolation_mode: IsolationMode::None,
@@ -134,7 +134,7 @@ fn build_launcher(config: &Config) -> anyhow::Result<(Launcher, StaticInfo)> {
                     python_prefix: preflight::python_prefix(&config.python),
                     root_mount,
                     scratch_dir,
-                    driver_bin,
+                    driver: driver.clone(),
                 },
                 StaticInfo {
                     isolation_mode: IsolationMode::Full,

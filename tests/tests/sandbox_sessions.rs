@@ -649,3 +649,16 @@ async fn configured_pool_profiles_serve_their_sessions_warm() {
         .ok();
     assert_eq!(run.out(), "1\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_see_the_same_sys_path_as_the_interpreter_with_site() {
+    let expected = std::process::Command::new("/usr/bin/python3")
+        .args(["-I", "-c", "import sys; print(sys.path)"])
+        .output()
+        .expect("host python");
+    let mut sandbox = Sandbox::shared().await;
+    let id = sandbox.session().await;
+    let run = sandbox.run(&id, "import sys; print(sys.path)").await.ok();
+    assert_eq!(run.out(), String::from_utf8_lossy(&expected.stdout));
+    sandbox.destroy(&id).await;
+}
