@@ -207,7 +207,9 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
         sandbox.destroy(&id).await;
     }
 
-    // Cold: another profile, so every session starts a process.
+    // Cold: another profile, so every session starts a process. The warm pool
+    // refills first, so its starts do not compete with the measured ones.
+    wait_pool_ready(&mut sandbox, 8).await?;
     let cold_limits = SessionLimits {
         memory_bytes: 256 << 20,
         ..Default::default()
