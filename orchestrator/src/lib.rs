@@ -1,10 +1,13 @@
 //! rlm-orchestrator: the public `rlm.v1.RLMService`, its HTTP side (metrics,
 //! health), and the connection to the sandbox agent.
 
+pub mod budget;
 pub mod config;
+pub mod engine;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod sandbox_client;
 pub mod service;
+pub mod trajectory;
