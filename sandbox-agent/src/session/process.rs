@@ -93,6 +93,9 @@ pub struct SessionProcess {
     pending: Vec<u8>,
     stdout: pipe::Receiver,
     stderr: pipe::Receiver,
+    /// Read buffers, allocated once per session rather than per cell.
+    out_buf: Vec<u8>,
+    err_buf: Vec<u8>,
 }
 
 impl SessionProcess {
@@ -106,6 +109,8 @@ impl SessionProcess {
             pending: Vec::new(),
             stdout: pipe::Receiver::from_owned_fd(spawned.stdout)?,
             stderr: pipe::Receiver::from_owned_fd(spawned.stderr)?,
+            out_buf: vec![0; READ_CHUNK],
+            err_buf: vec![0; READ_CHUNK],
         })
     }
 
@@ -186,8 +191,9 @@ impl SessionProcess {
             kill_at: None,
             inputs_open: true,
         };
-        let mut out_buf = vec![0u8; READ_CHUNK];
-        let mut err_buf = vec![0u8; READ_CHUNK];
+        // Taken for the cell and put back at its end (one allocation per session).
+        let mut out_buf = std::mem::take(&mut self.out_buf);
+        let mut err_buf = std::mem::take(&mut self.err_buf);
         let (mut stdout_open, mut stderr_open) = (true, true);
         loop {
             let deadline = cell.next_deadline();
@@ -264,6 +270,8 @@ impl SessionProcess {
                 }
             }
         }
+        self.out_buf = out_buf;
+        self.err_buf = err_buf;
         cell.outcome.wall = started.elapsed();
         cell.outcome
     }
