@@ -92,6 +92,15 @@ fn parse_count(max: usize) -> impl Fn(&str) -> Result<usize, String> {
     }
 }
 
+fn parse_absolute(v: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(v);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err("must be absolute".to_owned())
+    }
+}
+
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -129,14 +138,7 @@ impl Config {
                 "data_dir",
                 "/var/lib/rlm-agent",
                 "an absolute directory path",
-                |v| {
-                    let path = PathBuf::from(v);
-                    if path.is_absolute() {
-                        Ok(path)
-                    } else {
-                        Err("must be absolute".to_owned())
-                    }
-                },
+                parse_absolute,
             )?,
             max_context_bytes: settings.get(
                 "max_context_bytes",
@@ -158,14 +160,7 @@ impl Config {
                 "python",
                 "/usr/bin/python3",
                 "an absolute path to a python3 executable",
-                |v| {
-                    let path = PathBuf::from(v);
-                    if path.is_absolute() {
-                        Ok(path)
-                    } else {
-                        Err("must be absolute".to_owned())
-                    }
-                },
+                parse_absolute,
             )?,
             pool_size: settings.get(
                 "pool_size",
@@ -216,14 +211,7 @@ impl Config {
                     v.split(',')
                         .map(str::trim)
                         .filter(|p| !p.is_empty())
-                        .map(|p| {
-                            let path = PathBuf::from(p);
-                            if path.is_absolute() {
-                                Ok(path)
-                            } else {
-                                Err(format!("{p} is not absolute"))
-                            }
-                        })
+                        .map(|p| parse_absolute(p).map_err(|_| format!("{p} is not absolute")))
                         .collect()
                 },
             )?,

@@ -1,41 +1,17 @@
 //! Anthropic Messages API (`POST {base_url}/v1/messages`).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::retry::{self, AttemptError, RetryPolicy};
 use super::transport::{self, attempt_timeout};
-use super::{ChatRequest, ChatResponse, ModelClient, ModelError, Role, Usage};
+use super::{ChatRequest, ChatResponse, EndpointConfig, ModelClient, ModelError, Role, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 pub const API_VERSION: &str = "2023-06-01";
 /// The API requires `max_tokens`; used when the request leaves it open.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
-
-#[derive(Debug, Clone)]
-pub struct AnthropicConfig {
-    /// Without the `/v1` suffix; default [`DEFAULT_BASE_URL`].
-    pub base_url: String,
-    /// `ANTHROPIC_API_KEY`; wins over `api_key_file`.
-    pub api_key: Option<String>,
-    pub api_key_file: Option<PathBuf>,
-    pub retry: RetryPolicy,
-    pub attempt_timeout: Duration,
-}
-
-impl Default for AnthropicConfig {
-    fn default() -> Self {
-        Self {
-            base_url: DEFAULT_BASE_URL.to_owned(),
-            api_key: None,
-            api_key_file: None,
-            retry: RetryPolicy::default(),
-            attempt_timeout: Duration::from_secs(300),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct AnthropicClient {
@@ -57,7 +33,7 @@ impl std::fmt::Debug for AnthropicClient {
 }
 
 impl AnthropicClient {
-    pub fn new(config: AnthropicConfig, http: reqwest::Client) -> Result<Self, ModelError> {
+    pub fn new(config: EndpointConfig, http: reqwest::Client) -> Result<Self, ModelError> {
         let api_key =
             transport::load_api_key(config.api_key.as_deref(), config.api_key_file.as_deref())?;
         let base = config.base_url.trim().trim_end_matches('/');
@@ -183,7 +159,7 @@ mod tests {
 
     fn models(base: &str) -> Models {
         Models::new(ModelsConfig {
-            anthropic: AnthropicConfig {
+            anthropic: EndpointConfig {
                 base_url: base.to_owned(),
                 api_key: Some("ant-key".into()),
                 retry: RetryPolicy {
@@ -191,7 +167,7 @@ mod tests {
                     base: Duration::from_millis(5),
                     cap: Duration::from_millis(10),
                 },
-                ..AnthropicConfig::default()
+                ..EndpointConfig::new(DEFAULT_BASE_URL)
             },
             pricing: PriceTable::builtin(),
             ..ModelsConfig::default()

@@ -284,11 +284,61 @@ pub trait ModelClient: Send + Sync {
 
 /// Everything [`Models`] needs; the config layer fills it from flags and
 /// `RLM_*` / provider environment variables.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ModelsConfig {
-    pub openai: openai::OpenAiConfig,
-    pub anthropic: anthropic::AnthropicConfig,
+    /// `RLM_LLM_BASE_URL`, `OPENAI_API_KEY`, `RLM_LLM_API_KEY_FILE`.
+    pub openai: EndpointConfig,
+    /// `ANTHROPIC_API_KEY`; the base URL without the `/v1` suffix.
+    pub anthropic: EndpointConfig,
     pub pricing: PriceTable,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            openai: EndpointConfig::new(openai::DEFAULT_BASE_URL),
+            anthropic: EndpointConfig::new(anthropic::DEFAULT_BASE_URL),
+            pricing: PriceTable::default(),
+        }
+    }
+}
+
+/// Where and how to reach one provider's API.
+#[derive(Clone)]
+pub struct EndpointConfig {
+    pub base_url: String,
+    /// The API key; wins over `api_key_file`.
+    pub api_key: Option<String>,
+    /// A file holding the key, read once, at construction.
+    pub api_key_file: Option<std::path::PathBuf>,
+    pub retry: retry::RetryPolicy,
+    /// Limit of a single attempt (further bounded by the call's deadline).
+    pub attempt_timeout: Duration,
+}
+
+impl EndpointConfig {
+    pub fn new(base_url: &str) -> Self {
+        Self {
+            base_url: base_url.to_owned(),
+            api_key: None,
+            api_key_file: None,
+            retry: retry::RetryPolicy::default(),
+            attempt_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key_file", &self.api_key_file)
+            .field("retry", &self.retry)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish()
+    }
 }
 
 /// Routes each request to its provider's client and prices the result.

@@ -1,41 +1,15 @@
 //! OpenAI-compatible Chat Completions (`POST {base_url}/chat/completions`,
 //! non-streaming): OpenAI itself, vLLM, Ollama, llama.cpp, OpenRouter.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::retry::{self, AttemptError, RetryPolicy};
 use super::transport::{self, attempt_timeout, content_text, estimate_tokens};
-use super::{ChatRequest, ChatResponse, ModelClient, ModelError, Usage};
+use super::{ChatRequest, ChatResponse, EndpointConfig, ModelClient, ModelError, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-
-#[derive(Debug, Clone)]
-pub struct OpenAiConfig {
-    /// `RLM_LLM_BASE_URL`; default [`DEFAULT_BASE_URL`].
-    pub base_url: String,
-    /// `OPENAI_API_KEY`; wins over `api_key_file`.
-    pub api_key: Option<String>,
-    /// `RLM_LLM_API_KEY_FILE`; read once, at construction.
-    pub api_key_file: Option<PathBuf>,
-    pub retry: RetryPolicy,
-    /// Limit of a single attempt (further bounded by the call's deadline).
-    pub attempt_timeout: Duration,
-}
-
-impl Default for OpenAiConfig {
-    fn default() -> Self {
-        Self {
-            base_url: DEFAULT_BASE_URL.to_owned(),
-            api_key: None,
-            api_key_file: None,
-            retry: RetryPolicy::default(),
-            attempt_timeout: Duration::from_secs(300),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct OpenAiClient {
@@ -58,7 +32,7 @@ impl std::fmt::Debug for OpenAiClient {
 }
 
 impl OpenAiClient {
-    pub fn new(config: OpenAiConfig, http: reqwest::Client) -> Result<Self, ModelError> {
+    pub fn new(config: EndpointConfig, http: reqwest::Client) -> Result<Self, ModelError> {
         let api_key =
             transport::load_api_key(config.api_key.as_deref(), config.api_key_file.as_deref())?;
         let base = config.base_url.trim().trim_end_matches('/');
@@ -195,11 +169,11 @@ mod tests {
 
     fn models(base_url: &str, retry: RetryPolicy) -> Models {
         Models::new(ModelsConfig {
-            openai: OpenAiConfig {
+            openai: EndpointConfig {
                 base_url: base_url.to_owned(),
                 api_key: Some("sk-test".into()),
                 retry,
-                ..OpenAiConfig::default()
+                ..EndpointConfig::new(DEFAULT_BASE_URL)
             },
             pricing: PriceTable::builtin(),
             ..ModelsConfig::default()
@@ -433,16 +407,24 @@ mod tests {
         let path = dir.join("key");
         std::fs::write(&path, "sk-from-file\n").expect("write key");
         let http = transport::http_client().expect("client");
-        let config = OpenAiConfig {
+        let config = EndpointConfig {
             api_key_file: Some(path.clone()),
-            ..OpenAiConfig::default()
+            ..EndpointConfig::new(DEFAULT_BASE_URL)
         };
         let client = OpenAiClient::new(config, http.clone()).expect("client");
         assert_eq!(client.api_key.as_deref(), Some("sk-from-file"));
         assert!(!format!("{client:?}").contains("sk-from-file"));
-        let missing = OpenAiConfig {
+        let with_key = EndpointConfig {
+            api_key: Some("sk-in-config".into()),
+            ..EndpointConfig::new(DEFAULT_BASE_URL)
+        };
+        assert!(
+            !format!("{with_key:?}").contains("sk-in-config"),
+            "config Debug redacts the key"
+        );
+        let missing = EndpointConfig {
             api_key_file: Some(dir.join("nope")),
-            ..OpenAiConfig::default()
+            ..EndpointConfig::new(DEFAULT_BASE_URL)
         };
         let err = OpenAiClient::new(missing, http).expect_err("missing");
         assert!(
