@@ -79,6 +79,28 @@ pub fn shared_agent() -> &'static SharedAgent {
     })
 }
 
+/// Host processes whose command line contains `marker` (how tests find a
+/// session's processes from outside its PID namespace).
+pub fn processes_matching(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(marker))
+        .count()
+}
+
+/// Starts an agent of the test's own with `env` (which sets
+/// `RLM_AGENT_LISTEN`) and connects to it.
+pub async fn dedicated_agent(
+    dir: &std::path::Path,
+    env: &HashMap<String, String>,
+) -> (Service, Sandbox) {
+    let address = env["RLM_AGENT_LISTEN"].clone();
+    let agent = Service::start("rlm-sandbox-agent", dir, env, &[]);
+    wait_serving(&address, &agent).await;
+    (agent, Sandbox::connect(&address).await)
+}
+
 /// What one Execute produced.
 #[derive(Debug, Default)]
 pub struct Run {

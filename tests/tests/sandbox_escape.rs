@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rlm_e2e::sandbox::{Sandbox, shared_agent};
+use rlm_e2e::sandbox::{Sandbox, processes_matching, shared_agent};
 use rlm_proto::rlm::sandbox::v1::{SessionEndReason, SessionLimits};
 
 /// Raw syscalls from Python, returning the errno name on failure.
@@ -481,13 +481,7 @@ async fn destroy_leaves_no_survivor_and_follows_no_planted_symlink() {
         host = canary.display().to_string()
     );
     assert_eq!(sandbox.run(&id, &code).await.ok().out(), "planted\n");
-    let survivors = || {
-        std::fs::read_dir("/proc")
-            .expect("proc")
-            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-            .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&marker))
-            .count()
-    };
+    let survivors = || processes_matching(&marker);
     assert!(survivors() >= 3, "the sleepers run before destroy");
     assert!(sandbox.destroy(&id).await);
     assert_eq!(survivors(), 0, "no process of the session survives destroy");

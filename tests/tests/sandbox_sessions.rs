@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rlm_e2e::sandbox::{Answerer, Sandbox, require_root, shared_agent};
+use rlm_e2e::sandbox::{
+    Answerer, Sandbox, dedicated_agent, processes_matching, require_root, shared_agent,
+};
 use rlm_e2e::{Service, wait_serving};
 use rlm_proto::rlm::sandbox::v1::*;
 
@@ -406,10 +408,7 @@ async fn isolation_none_is_loud_about_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut env = agent_env(dir.path(), "unused");
     env.insert("RLM_AGENT_ISOLATION".into(), "none".into());
-    let address = env["RLM_AGENT_LISTEN"].clone();
-    let agent = Service::start("rlm-sandbox-agent", dir.path(), &env, &[]);
-    wait_serving(&address, &agent).await;
-    let mut sandbox = Sandbox::connect(&address).await;
+    let (agent, mut sandbox) = dedicated_agent(dir.path(), &env).await;
     let info = sandbox
         .client
         .get_info(GetInfoRequest {})
@@ -451,10 +450,7 @@ async fn idle_sessions_expire_and_the_session_limit_holds() {
         &format!("rlm-test-limit-{}", std::process::id()),
     );
     env.insert("RLM_AGENT_MAX_SESSIONS".into(), "2".into());
-    let address = env["RLM_AGENT_LISTEN"].clone();
-    let agent = Service::start("rlm-sandbox-agent", dir.path(), &env, &[]);
-    wait_serving(&address, &agent).await;
-    let mut sandbox = Sandbox::connect(&address).await;
+    let (_agent, mut sandbox) = dedicated_agent(dir.path(), &env).await;
     let short = SessionLimits {
         idle_ttl: Some(prost_types::Duration {
             seconds: 1,
@@ -528,13 +524,7 @@ async fn a_caller_that_goes_away_mid_cell_takes_its_session_with_it() {
     ));
     drop((responses, sender));
 
-    let survivors = || {
-        std::fs::read_dir("/proc")
-            .expect("proc")
-            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-            .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&marker))
-            .count()
-    };
+    let survivors = || processes_matching(&marker);
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
         let listed = sandbox
@@ -602,10 +592,7 @@ async fn configured_pool_profiles_serve_their_sessions_warm() {
     );
     env.insert("RLM_AGENT_POOL_PROFILES".into(), "mem=128,pids=32:1".into());
     env.insert("RLM_AGENT_POOL_SIZE".into(), "0".into());
-    let address = env["RLM_AGENT_LISTEN"].clone();
-    let agent = Service::start("rlm-sandbox-agent", dir.path(), &env, &[]);
-    wait_serving(&address, &agent).await;
-    let mut sandbox = Sandbox::connect(&address).await;
+    let (_agent, mut sandbox) = dedicated_agent(dir.path(), &env).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let info = sandbox
