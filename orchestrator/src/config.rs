@@ -2,10 +2,26 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use rlm_common::config::{ConfigError, ServiceArgs, ServiceSettings, Settings};
+use rlm_common::config::{ConfigError, ServiceArgs, ServiceSettings, Settings, parse_duration};
 use rlm_common::listen::{ADDRESS_FORMS, Address};
+
+use crate::model::{EndpointConfig, ModelRef, ModelsConfig, PriceTable, RetryPolicy};
+
+const MODEL_FORMS: &str = "PROVIDER/MODEL (openai/..., anthropic/...) or scripted:FILE";
+
+/// Checks a model reference, keeping it as written.
+fn model_ref(v: &str) -> Result<Option<String>, String> {
+    match optional(v)? {
+        None => Ok(None),
+        Some(m) => m
+            .parse::<ModelRef>()
+            .map(|r| Some(r.to_string()))
+            .map_err(|e| e.to_string()),
+    }
+}
 
 pub const DEFAULT_SANDBOX_ENDPOINT: &str = "unix:///run/rlm/sandbox.sock";
 
@@ -34,8 +50,73 @@ pub struct Cli {
     /// Base URL of the OpenAI-compatible API [default: https://api.openai.com/v1].
     #[arg(long, env = "RLM_LLM_BASE_URL", value_name = "URL")]
     pub llm_base_url: Option<String>,
+    /// Default sub-model (llm_query and child RLMs) [default: the root model].
+    #[arg(long, env = "RLM_SUB_MODEL", value_name = "PROVIDER/MODEL")]
+    pub sub_model: Option<String>,
+    /// API key of the OpenAI-compatible endpoint.
+    #[arg(
+        long,
+        env = "OPENAI_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub openai_api_key: Option<String>,
+    /// File holding the OpenAI-compatible API key (used when OPENAI_API_KEY is unset).
+    #[arg(long, env = "RLM_LLM_API_KEY_FILE", value_name = "FILE")]
+    pub llm_api_key_file: Option<String>,
+    /// API key of the Anthropic Messages API.
+    #[arg(
+        long,
+        env = "ANTHROPIC_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub anthropic_api_key: Option<String>,
+    /// Base URL of the Anthropic API [default: https://api.anthropic.com].
+    #[arg(long, env = "RLM_ANTHROPIC_BASE_URL", value_name = "URL")]
+    pub anthropic_base_url: Option<String>,
+    /// Price table (JSON, or TOML by extension) overriding the built-in prices.
+    #[arg(long, env = "RLM_PRICES_FILE", value_name = "FILE")]
+    pub prices_file: Option<String>,
+    /// Attempts per model call, first included [default: 5].
+    #[arg(long, env = "RLM_LLM_MAX_ATTEMPTS", value_name = "N")]
+    pub llm_max_attempts: Option<String>,
+    /// Base of the exponential back-off between attempts [default: 200ms].
+    #[arg(long, env = "RLM_LLM_RETRY_BASE", value_name = "DURATION")]
+    pub llm_retry_base: Option<String>,
+    /// Limit of one model request attempt [default: 300s].
+    #[arg(long, env = "RLM_LLM_TIMEOUT", value_name = "DURATION")]
+    pub llm_timeout: Option<String>,
+    /// Default maximum depth of child RLMs [default: 1].
+    #[arg(long, env = "RLM_MAX_DEPTH", value_name = "N")]
+    pub max_depth: Option<String>,
+    /// Default maximum iterations per RLM [default: 30].
+    #[arg(long, env = "RLM_MAX_ITERATIONS", value_name = "N")]
+    pub max_iterations: Option<String>,
+    /// Default maximum sub-calls in flight per completion [default: 8].
+    #[arg(long, env = "RLM_MAX_PARALLEL", value_name = "N")]
+    pub max_parallel: Option<String>,
+    /// Default wall-clock limit of a completion [default: 10m].
+    #[arg(long, env = "RLM_TIMEOUT", value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Default limit of one code block running on its own [default: 60s].
+    #[arg(long, env = "RLM_CELL_TIMEOUT", value_name = "DURATION")]
+    pub cell_timeout: Option<String>,
+    /// Completions running at once; more are refused with RESOURCE_EXHAUSTED [default: 256].
+    #[arg(long, env = "RLM_MAX_COMPLETIONS", value_name = "N")]
+    pub max_completions: Option<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
+}
+
+/// Server defaults of the completion limits (a request overrides them).
+#[derive(Debug, Clone)]
+pub struct LimitDefaults {
+    pub max_depth: u32,
+    pub max_iterations: u32,
+    pub max_parallel: u32,
+    pub timeout: Duration,
+    pub cell_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -46,17 +127,120 @@ pub struct Config {
     pub log_dir: PathBuf,
     pub model: Option<String>,
     pub llm_base_url: String,
+    pub sub_model: Option<String>,
+    /// Model endpoints, keys, retries and prices.
+    pub models: ModelsConfig,
+    pub limits: LimitDefaults,
+    pub max_completions: u32,
     pub service: ServiceSettings,
 }
 
+fn optional(v: &str) -> Result<Option<String>, String> {
+    Ok(Some(v.trim().to_owned()).filter(|m| !m.is_empty()))
+}
+
+fn http_url(v: &str) -> Result<String, String> {
+    let v = v.trim().trim_end_matches('/');
+    if v.starts_with("http://") || v.starts_with("https://") {
+        Ok(v.to_owned())
+    } else {
+        Err("must start with http:// or https://".to_owned())
+    }
+}
+
+fn number_in(range: std::ops::RangeInclusive<u32>) -> impl Fn(&str) -> Result<u32, String> {
+    move |v| {
+        let n: u32 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{v}` is not a whole number"))?;
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!(
+                "must be between {} and {}",
+                range.start(),
+                range.end()
+            ))
+        }
+    }
+}
+
+fn positive_duration(v: &str) -> Result<Duration, String> {
+    let d = parse_duration(v)?;
+    if d.is_zero() {
+        Err("must be greater than zero".to_owned())
+    } else {
+        Ok(d)
+    }
+}
+
+fn models_config(settings: &Settings<'_>, llm_base_url: &str) -> Result<ModelsConfig, ConfigError> {
+    let retry = RetryPolicy {
+        max_attempts: settings.get("llm_max_attempts", "5", "1 to 20", number_in(1..=20))?,
+        base: settings.get(
+            "llm_retry_base",
+            "200ms",
+            "a duration like 200ms",
+            parse_duration,
+        )?,
+        ..RetryPolicy::default()
+    };
+    let attempt_timeout = settings.get(
+        "llm_timeout",
+        "300s",
+        "a duration like 60s",
+        positive_duration,
+    )?;
+    let endpoint =
+        |base_url: String, api_key: Option<String>, api_key_file: Option<PathBuf>| EndpointConfig {
+            base_url,
+            api_key,
+            api_key_file,
+            retry,
+            attempt_timeout,
+        };
+    let pricing = match settings.get("prices_file", "", "a JSON or TOML file", optional)? {
+        None => PriceTable::builtin(),
+        Some(path) => settings.get("prices_file", "", "a JSON or TOML price file", |_| {
+            PriceTable::load(std::path::Path::new(&path)).map_err(|e| e.to_string())
+        })?,
+    };
+    Ok(ModelsConfig {
+        openai: endpoint(
+            llm_base_url.to_owned(),
+            settings.get("openai_api_key", "", "an API key", optional)?,
+            settings
+                .get("llm_api_key_file", "", "a file path", optional)?
+                .map(PathBuf::from),
+        ),
+        anthropic: endpoint(
+            settings.get(
+                "anthropic_base_url",
+                crate::model::anthropic::DEFAULT_BASE_URL,
+                "an http:// or https:// URL",
+                http_url,
+            )?,
+            settings.get("anthropic_api_key", "", "an API key", optional)?,
+            None,
+        ),
+        pricing,
+    })
+}
+
 impl Config {
-    /// Parses the process's arguments and environment.
     /// Parses the process's arguments and environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         rlm_common::config::load(Cli::command(), Self::resolve)
     }
 
     fn resolve(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let llm_base_url = settings.get(
+            "llm_base_url",
+            crate::model::openai::DEFAULT_BASE_URL,
+            "an http:// or https:// URL",
+            http_url,
+        )?;
         Ok(Self {
             listen: settings.get(
                 "listen",
@@ -83,21 +267,37 @@ impl Config {
                     Ok(PathBuf::from(v))
                 }
             })?,
-            model: settings.get("model", "", "PROVIDER/MODEL, e.g. openai/gpt-4o", |v| {
-                Ok(Some(v.trim().to_owned()).filter(|m| !m.is_empty()))
-            })?,
-            llm_base_url: settings.get(
-                "llm_base_url",
-                "https://api.openai.com/v1",
-                "an http:// or https:// URL",
-                |v| {
-                    let v = v.trim().trim_end_matches('/');
-                    if v.starts_with("http://") || v.starts_with("https://") {
-                        Ok(v.to_owned())
-                    } else {
-                        Err("must start with http:// or https://".to_owned())
-                    }
-                },
+            model: settings.get("model", "", MODEL_FORMS, model_ref)?,
+            sub_model: settings.get("sub_model", "", MODEL_FORMS, model_ref)?,
+            models: models_config(settings, &llm_base_url)?,
+            llm_base_url,
+            limits: LimitDefaults {
+                max_depth: settings.get("max_depth", "1", "0 to 16", number_in(0..=16))?,
+                max_iterations: settings.get(
+                    "max_iterations",
+                    "30",
+                    "1 to 1000",
+                    number_in(1..=1000),
+                )?,
+                max_parallel: settings.get("max_parallel", "8", "1 to 256", number_in(1..=256))?,
+                timeout: settings.get(
+                    "timeout",
+                    "10m",
+                    "a duration like 10m",
+                    positive_duration,
+                )?,
+                cell_timeout: settings.get(
+                    "cell_timeout",
+                    "60s",
+                    "a duration like 60s",
+                    positive_duration,
+                )?,
+            },
+            max_completions: settings.get(
+                "max_completions",
+                "256",
+                "1 to 100000",
+                number_in(1..=100_000),
             )?,
             service: ServiceSettings::resolve(settings)?,
         })

@@ -3,11 +3,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use rlm_common::server::{self, Shutdown};
 use rlm_orchestrator::config::Config;
+use rlm_orchestrator::engine::{Engine, EngineConfig};
 use rlm_orchestrator::health::HealthChecks;
 use rlm_orchestrator::http::{HttpState, router};
 use rlm_orchestrator::metrics::Metrics;
+use rlm_orchestrator::model::Models;
 use rlm_orchestrator::sandbox_client::SandboxConnection;
 use rlm_orchestrator::service::RlmApi;
+use rlm_orchestrator::trajectory::TrajectoryStore;
 use rlm_proto::rlm::v1::rlm_service_server::{RlmServiceServer, SERVICE_NAME};
 
 fn main() -> std::process::ExitCode {
@@ -24,7 +27,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut builder = server::builder();
     let (router_with_std, reporter) =
         server::with_standard_services(&mut builder, &[rlm_proto::FILE_DESCRIPTOR_SET])?;
+    let store = TrajectoryStore::open(&config.log_dir).with_context(|| {
+        format!(
+            "trajectory directory {} (RLM_LOG_DIR)",
+            config.log_dir.display()
+        )
+    })?;
+    let models = Models::new(config.models.clone()).context("model clients")?;
+    let engine = Engine::new(EngineConfig {
+        models,
+        sandbox: sandbox.clone(),
+        metrics: metrics.clone(),
+        store,
+        root_model: config.model.clone(),
+        sub_model: config.sub_model.clone(),
+        limits: config.limits.clone(),
+        max_completions: config.max_completions,
+    });
     let api = RlmApi {
+        engine,
         sandbox: sandbox.clone(),
         metrics: metrics.clone(),
     };

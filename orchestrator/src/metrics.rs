@@ -162,6 +162,25 @@ impl Metrics {
             .inc();
     }
 
+    /// Adds one model call's usage to the token and cost series.
+    pub fn record_model_call(&self, model: &str, input: u64, output: u64, cost: Option<f64>) {
+        for (direction, n) in [("input", input), ("output", output)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: model.to_owned(),
+                    direction: direction.to_owned(),
+                })
+                .inc_by(n);
+        }
+        if let Some(cost) = cost {
+            self.cost_usd
+                .get_or_create(&ModelLabels {
+                    model: model.to_owned(),
+                })
+                .inc_by(cost);
+        }
+    }
+
     pub fn count_error(&self, kind: &str) {
         self.errors
             .get_or_create(&ErrorLabels {

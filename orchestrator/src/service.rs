@@ -1,20 +1,23 @@
-//! `rlm.v1.RLMService`. Completions and trajectories belong to the engine
-//! (a later module); until it lands those RPCs answer UNIMPLEMENTED.
+//! `rlm.v1.RLMService`: request plumbing around the engine (completions)
+//! and the trajectory store.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use rlm_proto::rlm::sandbox::v1 as sandbox;
 use rlm_proto::rlm::v1::rlm_service_server::RlmService;
 use rlm_proto::rlm::v1::*;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::engine::{Engine, parse_grpc_timeout};
 use crate::metrics::Metrics;
 use crate::sandbox_client::SandboxConnection;
+use crate::trajectory::TrajectoryError;
 
 pub struct RlmApi {
+    pub engine: Engine,
     pub sandbox: SandboxConnection,
     pub metrics: Arc<Metrics>,
 }
@@ -102,51 +105,84 @@ impl RlmApi {
         })
     }
 
-    /// Agent failures keep their code when they are about the request, and
-    /// become UNAVAILABLE naming the agent when the agent itself is the problem.
     fn sandbox_error(&self, status: Status) -> Status {
-        match status.code() {
-            tonic::Code::InvalidArgument
-            | tonic::Code::FailedPrecondition
-            | tonic::Code::ResourceExhausted => status,
-            _ => {
-                self.metrics.count_error("sandbox_unavailable");
-                Status::unavailable(format!(
-                    "sandbox agent at {}: {}",
-                    self.sandbox.address(),
-                    status.message()
-                ))
-            }
-        }
+        self.engine.shared().sandbox_error(status)
     }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<StreamCompleteResponse, Status>> + Send>>;
 
-fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!("{method} is not available in this build"))
+fn client_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
+fn trajectory_status(error: TrajectoryError) -> Status {
+    match error {
+        TrajectoryError::NotFound(id) => {
+            Status::not_found(format!("trajectory_id: no trajectory {id:?}"))
+        }
+        TrajectoryError::InvalidId(id) => {
+            Status::invalid_argument(format!("trajectory_id: {id:?} is not a trajectory id"))
+        }
+        TrajectoryError::InvalidPageToken => {
+            Status::invalid_argument(format!("page_token: {error}"))
+        }
+        other => Status::internal(other.to_string()),
+    }
 }
 
 #[tonic::async_trait]
 impl RlmService for RlmApi {
     type StreamCompleteStream = EventStream;
 
+    #[tracing::instrument(name = "rlm.complete", skip_all)]
     async fn complete(
         &self,
-        _request: Request<CompleteRequest>,
+        request: Request<CompleteRequest>,
     ) -> Result<Response<CompleteResponse>, Status> {
-        self.finish("Complete", Instant::now(), Err(not_yet("Complete")))
+        let started = Instant::now();
+        let timeout = client_timeout(&request);
+        let result = async {
+            let run = self
+                .engine
+                .start(request.into_inner().spec, timeout, None)
+                .await?;
+            let result = run.result().await?;
+            Ok(Response::new(CompleteResponse {
+                result: Some(result),
+            }))
+        }
+        .await;
+        self.finish("Complete", started, result)
     }
 
+    #[tracing::instrument(name = "rlm.stream_complete", skip_all)]
     async fn stream_complete(
         &self,
-        _request: Request<StreamCompleteRequest>,
+        request: Request<StreamCompleteRequest>,
     ) -> Result<Response<Self::StreamCompleteStream>, Status> {
-        self.finish(
-            "StreamComplete",
-            Instant::now(),
-            Err(not_yet("StreamComplete")),
-        )
+        let started = Instant::now();
+        let timeout = client_timeout(&request);
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let run = self
+            .engine
+            .start(request.into_inner().spec, timeout, Some(sender))
+            .await;
+        let run = self.finish("StreamComplete", started, run)?;
+        // The stream owns the guard: the client going away drops the stream
+        // and cancels the completion. It ends after the result event, when
+        // the engine drops its sender.
+        let guard = run.into_guard();
+        let events =
+            tokio_stream::wrappers::UnboundedReceiverStream::new(receiver).map(move |event| {
+                let _keep = &guard;
+                Ok(StreamCompleteResponse { event: Some(event) })
+            });
+        Ok(Response::new(Box::pin(events)))
     }
 
     #[tracing::instrument(name = "rlm.upload_context", skip_all)]
@@ -164,34 +200,67 @@ impl RlmService for RlmApi {
 
     async fn get_trajectory(
         &self,
-        _request: Request<GetTrajectoryRequest>,
+        request: Request<GetTrajectoryRequest>,
     ) -> Result<Response<GetTrajectoryResponse>, Status> {
-        self.finish(
-            "GetTrajectory",
-            Instant::now(),
-            Err(not_yet("GetTrajectory")),
-        )
+        let started = Instant::now();
+        let id = request.into_inner().trajectory_id;
+        let store = self.engine.store().clone();
+        let result = tokio::task::spawn_blocking(move || store.read(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))
+            .and_then(|r| r.map_err(trajectory_status))
+            .map(|trajectory| {
+                Response::new(GetTrajectoryResponse {
+                    trajectory: Some(trajectory),
+                })
+            });
+        self.finish("GetTrajectory", started, result)
     }
 
     async fn list_trajectories(
         &self,
-        _request: Request<ListTrajectoriesRequest>,
+        request: Request<ListTrajectoriesRequest>,
     ) -> Result<Response<ListTrajectoriesResponse>, Status> {
-        self.finish(
-            "ListTrajectories",
-            Instant::now(),
-            Err(not_yet("ListTrajectories")),
-        )
+        let started = Instant::now();
+        let r = request.into_inner();
+        let store = self.engine.store().clone();
+        let status = TrajectoryStatus::try_from(r.status).unwrap_or_default();
+        let page_size = if r.page_size == 0 {
+            50
+        } else {
+            r.page_size as usize
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            store.list_matching(page_size, &r.page_token, |s| {
+                (status == TrajectoryStatus::Unspecified || s.status == status as i32)
+                    && r.metadata.iter().all(|(k, v)| s.metadata.get(k) == Some(v))
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))
+        .and_then(|r| r.map_err(trajectory_status))
+        .map(|(trajectories, next_page_token)| {
+            Response::new(ListTrajectoriesResponse {
+                trajectories,
+                next_page_token,
+            })
+        });
+        self.finish("ListTrajectories", started, result)
     }
 
     async fn cancel_completion(
         &self,
-        _request: Request<CancelCompletionRequest>,
+        request: Request<CancelCompletionRequest>,
     ) -> Result<Response<CancelCompletionResponse>, Status> {
-        self.finish(
-            "CancelCompletion",
-            Instant::now(),
-            Err(not_yet("CancelCompletion")),
-        )
+        let started = Instant::now();
+        let r = request.into_inner();
+        let result = if r.reason.len() > 1024 {
+            Err(Status::invalid_argument("reason: at most 1024 bytes"))
+        } else {
+            self.engine
+                .cancel(&r.completion_id, &r.reason)
+                .map(|was_running| Response::new(CancelCompletionResponse { was_running }))
+        };
+        self.finish("CancelCompletion", started, result)
     }
 }

@@ -25,10 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rlm_proto::rlm::v1::{
     CodeExecutedEvent, CompletionEvent, CompletionLimits, CompletionResult, CompletionSpec,
-    ContextInput, IterationStartedEvent, ModelCallFinishedEvent, ModelCallPurpose, ModelUsage,
-    SubcallFinishedEvent, SubcallKind, SubcallOutcome, SubcallStartedEvent, TerminationReason,
-    Trajectory, TrajectoryStatus, TrajectorySummary, Usage, completion_event::Event,
-    context_input::Source, subcall_outcome::Outcome,
+    ContextFormat, ContextInput, IterationStartedEvent, ModelCallFinishedEvent, ModelCallPurpose,
+    ModelUsage, SubcallFinishedEvent, SubcallKind, SubcallOutcome, SubcallStartedEvent,
+    TerminationReason, Trajectory, TrajectoryStatus, TrajectorySummary, Usage,
+    completion_event::Event, context_input::Source, subcall_outcome::Outcome,
 };
 use serde::{Deserialize, Serialize};
 
@@ -208,6 +208,9 @@ pub struct TrajectoryHeader {
     /// Content ids of the contexts.
     #[serde(default)]
     pub context_ids: Vec<String>,
+    /// Indices (into `context_ids`) of the contexts given as JSON.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub json_contexts: Vec<u32>,
     /// Limits in force.
     pub limits: LimitsRecord,
     /// User labels.
@@ -499,7 +502,7 @@ pub struct TrajectoryStore {
 }
 
 struct WriterState {
-    file: File,
+    file: Box<dyn Write + Send>,
     next_seq: u64,
     failed: bool,
 }
@@ -509,6 +512,8 @@ struct WriterState {
 /// `write` of a whole line each, so lines never interleave.
 pub struct TrajectoryWriter {
     id: String,
+    /// The header and its timestamp, once written.
+    header: Option<(TrajectoryHeader, String)>,
     max_text_bytes: usize,
     state: Mutex<WriterState>,
     active: Option<Active>,
@@ -524,8 +529,18 @@ impl std::fmt::Debug for TrajectoryWriter {
 
 impl TrajectoryWriter {
     fn new(id: String, file: File, max_text_bytes: usize, active: Option<Active>) -> Self {
+        Self::with_output(id, Box::new(file), max_text_bytes, active)
+    }
+
+    fn with_output(
+        id: String,
+        file: Box<dyn Write + Send>,
+        max_text_bytes: usize,
+        active: Option<Active>,
+    ) -> Self {
         Self {
             id,
+            header: None,
             max_text_bytes,
             state: Mutex::new(WriterState {
                 file,
@@ -534,6 +549,17 @@ impl TrajectoryWriter {
             }),
             active,
         }
+    }
+
+    /// A writer that records nothing (its file could not be created) but
+    /// still numbers and converts events, so the completion runs unchanged.
+    pub fn detached(id: &str, header: TrajectoryHeader) -> Self {
+        let mut writer = Self::with_output(id.to_owned(), Box::new(io::sink()), usize::MAX, None);
+        let started = rfc3339(SystemTime::now());
+        lock(&writer.state).failed = true;
+        lock(&writer.state).next_seq = 1;
+        writer.header = Some((header, started));
+        writer
     }
 
     /// The trajectory id.
@@ -551,19 +577,24 @@ impl TrajectoryWriter {
     /// after it the writer is disabled and appends return `Ok(seq)` without
     /// writing, so a broken disk never fails the completion. Sequence
     /// numbers keep counting either way (they match the streamed events).
-    pub fn append(
+    pub fn append(&self, node: &str, depth: u32, body: EventBody) -> Result<u64, TrajectoryError> {
+        let (line, error) = self.record(node, depth, body);
+        error.map_or(Ok(line.seq), Err)
+    }
+
+    /// Like [`append`](Self::append), but returns the line as recorded (texts
+    /// capped, `seq` and `ts` assigned) together with the write error, if
+    /// this append is the one that failed.
+    pub fn record(
         &self,
         node: &str,
         depth: u32,
         mut body: EventBody,
-    ) -> Result<u64, TrajectoryError> {
+    ) -> (TrajectoryLine, Option<TrajectoryError>) {
         body.cap(self.max_text_bytes);
         let mut st = lock(&self.state);
         let seq = st.next_seq;
         st.next_seq += 1;
-        if st.failed {
-            return Ok(seq);
-        }
         let line = TrajectoryLine {
             seq,
             ts: rfc3339(SystemTime::now()),
@@ -571,6 +602,9 @@ impl TrajectoryWriter {
             depth,
             body,
         };
+        if st.failed {
+            return (line, None);
+        }
         let result = serde_json::to_vec(&line)
             .map_err(io::Error::other)
             .and_then(|mut bytes| {
@@ -579,13 +613,28 @@ impl TrajectoryWriter {
                 st.file.flush()
             });
         match result {
-            Ok(()) => Ok(seq),
+            Ok(()) => (line, None),
             Err(source) => {
                 st.failed = true;
                 tracing::warn!(trajectory = %self.id, seq, error = %source, "trajectory write failed; recording disabled");
-                Err(TrajectoryError::Write { seq, source })
+                (line, Some(TrajectoryError::Write { seq, source }))
             }
         }
+    }
+
+    /// The event a recorded line stands for, as StreamComplete and
+    /// GetTrajectory present it (`None` for the header).
+    pub fn event(&self, line: &TrajectoryLine) -> Option<CompletionEvent> {
+        let (header, started) = self.header.as_ref()?;
+        let event = to_event(&self.id, header, started, line)?;
+        Some(CompletionEvent {
+            sequence: line.seq,
+            completion_id: header.completion_id.clone(),
+            depth: line.depth,
+            node_id: line.node.clone(),
+            timestamp: parse_rfc3339(&line.ts).map(Into::into),
+            event: Some(event),
+        })
     }
 }
 
@@ -787,8 +836,14 @@ fn spec_of(header: &TrajectoryHeader) -> CompletionSpec {
         contexts: header
             .context_ids
             .iter()
-            .map(|c| ContextInput {
+            .zip(0u32..)
+            .map(|(c, i)| ContextInput {
                 source: Some(Source::ContextId(c.clone())),
+                format: if header.json_contexts.contains(&i) {
+                    ContextFormat::Json as i32
+                } else {
+                    ContextFormat::Text as i32
+                },
             })
             .collect(),
         root_model: header.root_model.clone(),
@@ -857,13 +912,17 @@ impl TrajectoryStore {
                 _ => TrajectoryError::Io(e),
             })?;
         lock(&self.active).insert(id.to_owned());
-        let writer = TrajectoryWriter::new(
+        let mut writer = TrajectoryWriter::new(
             id.to_owned(),
             file,
             self.max_text_bytes,
             Some(Arc::clone(&self.active)),
         );
-        writer.append("0", 0, EventBody::CompletionStarted(header))?;
+        let (line, error) = writer.record("0", 0, EventBody::CompletionStarted(header.clone()));
+        if let Some(error) = error {
+            return Err(error);
+        }
+        writer.header = Some((header, line.ts));
         Ok(writer)
     }
 
@@ -1026,6 +1085,16 @@ impl TrajectoryStore {
         page_size: usize,
         page_token: &str,
     ) -> Result<(Vec<TrajectorySummary>, String), TrajectoryError> {
+        self.list_matching(page_size, page_token, |_| true)
+    }
+
+    /// [`list`](Self::list) keeping only the summaries `keep` accepts.
+    pub fn list_matching(
+        &self,
+        page_size: usize,
+        page_token: &str,
+        keep: impl Fn(&TrajectorySummary) -> bool,
+    ) -> Result<(Vec<TrajectorySummary>, String), TrajectoryError> {
         let cursor = if page_token.is_empty() {
             None
         } else {
@@ -1073,7 +1142,8 @@ impl TrajectoryStore {
         while idx < entries.len() && out.len() < page_size {
             let (mtime, id) = &entries[idx];
             match self.summarize(id) {
-                Ok(s) => out.push(s),
+                Ok(s) if keep(&s) => out.push(s),
+                Ok(_) => {}
                 Err(e) => tracing::debug!(trajectory = %id, error = %e, "skipping trajectory"),
             }
             last = Some(format!("{mtime}.{id}"));

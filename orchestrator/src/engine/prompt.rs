@@ -37,10 +37,10 @@ pub struct PromptOptions {
 
 impl PromptOptions {
     /// Whether `rlm_query` from this call makes a plain sub-model call instead
-    /// of starting a child RLM: a child would run at `depth + 1`, which must be
-    /// below `max_depth`. The engine should apply the same rule.
+    /// of starting a child RLM: children run at `depth + 1`, so only calls
+    /// below `max_depth` may start one (the engine applies the same rule).
     pub fn rlm_query_is_plain(&self) -> bool {
-        self.depth.saturating_add(1) >= self.max_depth
+        self.depth >= self.max_depth
     }
 }
 
@@ -441,12 +441,13 @@ mod tests {
         assert!(!p.contains("llm_query(prompt, model=None)"));
         assert!(!p.contains("rlm_query(prompt, context=None)"));
 
-        let deepest = PromptOptions { depth: 1, ..opts() };
+        let deepest = PromptOptions { depth: 2, ..opts() };
         assert!(deepest.rlm_query_is_plain());
+        assert!(!PromptOptions { depth: 1, ..opts() }.rlm_query_is_plain());
         assert!(!opts().rlm_query_is_plain());
         let p = system_prompt(&deepest);
         assert!(p.contains("no further child RLM can start"));
-        assert!(p.contains("child RLM at depth 1"));
+        assert!(p.contains("child RLM at depth 2"));
     }
 
     #[test]
