@@ -64,6 +64,11 @@ impl Exhausted {
     fn new(reason: TerminationReason, detail: String) -> Self {
         Self { reason, detail }
     }
+
+    /// The deadline left no room for what was about to start.
+    pub fn timeout(detail: String) -> Self {
+        Self::new(TerminationReason::Timeout, format!("timeout: {detail}"))
+    }
 }
 
 #[derive(Debug, Default, Clone)]

@@ -18,6 +18,7 @@ use rlm_proto::rlm::v1::{CompletionEvent, CompletionResult, CompletionSpec, Term
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::budget::{Budget, BudgetLimits};
 use crate::config::LimitDefaults;
@@ -291,9 +292,11 @@ impl Engine {
         let (result_tx, result_rx) = oneshot::channel();
         let engine = self.clone();
         let token = cancel.clone();
+        let span = tracing::info_span!(parent: tracing::Span::current(), "rlm.completion", completion = %completion_id);
         tokio::spawn(async move {
             let result = engine
                 .run_tree(tree, root, repl, token, reason, started_at)
+                .instrument(span)
                 .await;
             lock(&engine.shared.running).remove(&result.completion_id);
             drop::<OwnedSemaphorePermit>(slot);

@@ -10,6 +10,7 @@ use rlm_proto::rlm::sandbox::v1::{
     SubcallContext, SubcallKind, SubcallRequest, SubcallResult, subcall_context, subcall_result,
 };
 use rlm_proto::rlm::v1::TerminationReason;
+use tracing::Instrument;
 
 use super::setup;
 use super::tree::{PermitSlot, Tree, UsageTally, lock};
@@ -18,7 +19,7 @@ use crate::engine::parse::{FinalAnswer, code_blocks, final_answer};
 use crate::engine::prompt::{
     self, BudgetLeft, ContextMeta, ExecutionReport, PromptOptions, observation,
 };
-use crate::model::{ChatMessage, ChatRequest, ModelClient, ModelRef};
+use crate::model::{ChatMessage, ChatRequest, ModelClient, ModelError, ModelRef};
 use crate::remote_session::{CellRun, RemoteSession};
 use crate::trajectory::{
     CodeRecord, EventBody, Kind, ModelCallRecord, OutcomeRecord, Purpose, SubcallFinishedRecord,
@@ -201,7 +202,8 @@ impl Node {
     /// Runs the RLM to its end, in `repl` (which it destroys).
     pub async fn run(self: Arc<Self>, repl: Repl) -> NodeEnd {
         let mut repl = repl;
-        let end = self.turns(&mut repl).await;
+        let span = tracing::info_span!("rlm.node", node = %self.id, depth = self.depth);
+        let end = self.turns(&mut repl).instrument(span).await;
         self.tree.destroy_session(repl.session).await;
         end
     }
@@ -303,9 +305,11 @@ impl Node {
         let started = Instant::now();
         let node = Arc::clone(self);
         let answer = move |request: SubcallRequest| Arc::clone(&node).answer(request, iteration);
+        let span = tracing::info_span!("rlm.execute", iteration, block = block_index);
         let run = repl
             .session
             .run(code, self.tree.spec.limits.cell_timeout, answer)
+            .instrument(span)
             .await;
         let run = match run {
             Ok(run) => run,
@@ -464,11 +468,14 @@ impl Node {
             temperature: None,
         };
         let started = Instant::now();
+        let span =
+            tracing::info_span!("rlm.model_call", model = %model, purpose = ?purpose, iteration);
         let result = self
             .tree
             .shared
             .models
             .chat(request, self.tree.deadline)
+            .instrument(span)
             .await;
         let model_name = model.to_string();
         let (input, output, cost, text, error) = match &result {
@@ -505,6 +512,12 @@ impl Node {
         }));
         match result {
             Ok(_) => Ok(text),
+            // No time was left for the call: that is the completion's timeout.
+            Err(ModelError::DeadlineExceeded { .. }) => Err(CallError::Budget(
+                self.budget
+                    .exhausted()
+                    .unwrap_or_else(|| Exhausted::timeout(error)),
+            )),
             Err(_) => {
                 self.tree.shared.metrics.count_error("model");
                 Err(CallError::Model(error))
@@ -687,18 +700,24 @@ impl Node {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<String, String> {
         let tree = Arc::clone(&self.tree);
-        let contexts = match context.and_then(|c| c.source) {
-            None => Vec::new(),
-            Some(subcall_context::Source::ContextId(id)) => vec![NodeContext { id, json: false }],
-            Some(subcall_context::Source::Text(text)) => {
-                let id = tree
-                    .shared
+        let id = match context.and_then(|c| c.source) {
+            None => None,
+            Some(subcall_context::Source::ContextId(id)) => Some(id),
+            Some(subcall_context::Source::Text(text)) => Some(
+                tree.shared
                     .put_context(text.into_bytes())
                     .await
-                    .map_err(|s| format!("storing the child's context: {}", s.message()))?;
-                vec![NodeContext { id, json: false }]
-            }
+                    .map_err(|s| format!("storing the child's context: {}", s.message()))?,
+            ),
         };
+        // A context passed on unchanged keeps the parent's presentation.
+        let contexts = id
+            .map(|id| {
+                let json = self.contexts.iter().any(|c| c.id == id && c.json);
+                NodeContext { id, json }
+            })
+            .into_iter()
+            .collect();
         let mut tallies = self.tallies.clone();
         tallies.push(tally);
         let depth = self.depth + 1;

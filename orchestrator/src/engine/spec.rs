@@ -12,6 +12,8 @@ use crate::config::LimitDefaults;
 use crate::model::{ModelRef, PriceTable};
 
 const MAX_CONTEXTS: usize = 64;
+/// Largest inline context; bigger ones go through UploadContext.
+pub const MAX_INLINE_BYTES: usize = 8 << 20;
 const MAX_METADATA: usize = 64;
 const MAX_ALLOWED_PATHS: usize = 16;
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -128,6 +130,16 @@ fn contexts(spec: &CompletionSpec) -> Result<Vec<RequestContext>, Status> {
                 ));
             }
             Some(Source::Text(text)) => {
+                if text.len() > MAX_INLINE_BYTES {
+                    return Err(invalid(
+                        &format!("{field}.text"),
+                        format!(
+                            "{} bytes inline, the limit is {MAX_INLINE_BYTES}; upload large \
+                             contexts with UploadContext and pass context_id",
+                            text.len()
+                        ),
+                    ));
+                }
                 if json {
                     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
                         return Err(invalid(
