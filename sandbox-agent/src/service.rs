@@ -54,7 +54,7 @@ fn store_error(err: ContextStoreError) -> Status {
 
 fn manager_error(err: ManagerError) -> Status {
     match &err {
-        ManagerError::UnknownContext { .. } => Status::invalid_argument(err.to_string()),
+        ManagerError::UnknownContext { .. } => Status::not_found(err.to_string()),
         ManagerError::TooMany(_) => Status::resource_exhausted(err.to_string()),
         ManagerError::NotFound(_) => Status::not_found(format!("session_id: {err}")),
         ManagerError::Busy(_) | ManagerError::Ended { .. } => {

@@ -4,6 +4,8 @@
 //! The binaries must be built first (`make test` does `cargo build --workspace
 //! --bins` before `cargo test`); a missing binary fails with that instruction.
 
+pub mod fake_llm;
+pub mod fault_llm;
 pub mod otlp_collector;
 pub mod sandbox;
 

@@ -173,7 +173,7 @@ async fn contexts_are_stored_once_and_shared_read_only() {
         })
         .await
         .expect_err("unknown context");
-    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
     assert!(unknown.message().contains("context_ids[0]"), "{unknown:?}");
     sandbox.destroy(&a).await;
     sandbox.destroy(&b).await;

@@ -216,7 +216,13 @@ impl Node {
         ];
         let mut last_reply = String::new();
         loop {
-            if let Err(e) = self.budget.start_iteration() {
+            // An iteration is a model call: check the call can be made before
+            // counting (and announcing) one.
+            if let Err(e) = self
+                .budget
+                .check_model_call(estimate_tokens(&messages), None)
+                .and_then(|_| self.budget.start_iteration())
+            {
                 return stopped(e, &last_reply);
             }
             let iteration = self.budget.node_iterations();
