@@ -57,6 +57,14 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub sandbox_calls: Family<RequestLabels, Counter>,
     pub sandbox_up: Gauge,
+    pub completions: Family<ReasonLabels, Counter>,
+    pub completions_running: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Termination reason, e.g. `FINAL`, `TOKEN_BUDGET`.
+    pub reason: String,
 }
 
 impl Metrics {
@@ -104,6 +112,18 @@ impl Metrics {
             "1 when the sandbox agent answered its last health check, else 0",
             sandbox_up.clone(),
         );
+        let completions = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rlm_completions",
+            "Completions ended, by termination reason",
+            completions.clone(),
+        );
+        let completions_running = Gauge::default();
+        registry.register(
+            "rlm_completions_running",
+            "Completions running now",
+            completions_running.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {
@@ -135,6 +155,8 @@ impl Metrics {
             errors,
             sandbox_calls,
             sandbox_up,
+            completions,
+            completions_running,
         }
     }
 

@@ -292,6 +292,7 @@ impl Engine {
         let (result_tx, result_rx) = oneshot::channel();
         let engine = self.clone();
         let token = cancel.clone();
+        shared.metrics.completions_running.inc();
         let span = tracing::info_span!(parent: tracing::Span::current(), "rlm.completion", completion = %completion_id);
         tokio::spawn(async move {
             let result = engine
@@ -299,6 +300,7 @@ impl Engine {
                 .instrument(span)
                 .await;
             lock(&engine.shared.running).remove(&result.completion_id);
+            engine.shared.metrics.completions_running.dec();
             drop::<OwnedSemaphorePermit>(slot);
             let _ = result_tx.send(result);
         });
@@ -426,6 +428,16 @@ impl Engine {
             self.shared.metrics.count_error("trajectory_write");
             tracing::warn!(completion = %tree.completion_id, %error, "the trajectory is incomplete");
         }
+        let reason_name = reason
+            .as_str_name()
+            .trim_start_matches("TERMINATION_REASON_");
+        self.shared
+            .metrics
+            .completions
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: reason_name.to_owned(),
+            })
+            .inc();
         tracing::info!(
             completion = %tree.completion_id,
             reason = reason.as_str_name(),
