@@ -105,6 +105,20 @@ pub struct Cli {
     /// Completions running at once; more are refused with RESOURCE_EXHAUSTED [default: 256].
     #[arg(long, env = "RLM_MAX_COMPLETIONS", value_name = "N")]
     pub max_completions: Option<String>,
+    /// API keys clients must present (`label:key` or `key`, comma-separated).
+    #[arg(
+        long,
+        env = "RLM_API_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS"
+    )]
+    pub api_keys: Option<String>,
+    /// File of API keys (one `label:key` or `key` per line), reloaded when it changes.
+    #[arg(long, env = "RLM_API_KEYS_FILE", value_name = "FILE")]
+    pub api_keys_file: Option<String>,
+    /// Completions one API key may run at once [default: 16].
+    #[arg(long, env = "RLM_API_KEY_MAX_CONCURRENT", value_name = "N")]
+    pub api_key_max_concurrent: Option<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
 }
@@ -132,7 +146,25 @@ pub struct Config {
     pub models: ModelsConfig,
     pub limits: LimitDefaults,
     pub max_completions: u32,
+    /// `RLM_API_KEYS` (kept out of `Debug`).
+    pub api_keys: Secret,
+    pub api_keys_file: Option<PathBuf>,
+    pub api_key_max_concurrent: u32,
     pub service: ServiceSettings,
+}
+
+/// A configured secret; `Debug` never shows it.
+#[derive(Clone, Default)]
+pub struct Secret(pub Option<String>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(<redacted>)"
+        } else {
+            "None"
+        })
+    }
 }
 
 fn optional(v: &str) -> Result<Option<String>, String> {
@@ -296,6 +328,16 @@ impl Config {
             max_completions: settings.get(
                 "max_completions",
                 "256",
+                "1 to 100000",
+                number_in(1..=100_000),
+            )?,
+            api_keys: Secret(settings.get("api_keys", "", "label:key entries", optional)?),
+            api_keys_file: settings
+                .get("api_keys_file", "", "a file path", optional)?
+                .map(PathBuf::from),
+            api_key_max_concurrent: settings.get(
+                "api_key_max_concurrent",
+                "16",
                 "1 to 100000",
                 number_in(1..=100_000),
             )?,

@@ -1,6 +1,7 @@
 //! rlm-orchestrator: the public `rlm.v1.RLMService`, its HTTP side (metrics,
 //! health), and the connection to the sandbox agent.
 
+pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod engine;

@@ -1,7 +1,10 @@
 use std::sync::Arc;
 
+use tonic::service::interceptor::InterceptedService;
+
 use anyhow::Context;
 use rlm_common::server::{self, Shutdown};
+use rlm_orchestrator::auth::ApiKeys;
 use rlm_orchestrator::config::Config;
 use rlm_orchestrator::engine::{Engine, EngineConfig};
 use rlm_orchestrator::health::HealthChecks;
@@ -46,14 +49,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     let api = RlmApi {
         engine,
+        per_key_limit: config.api_key_max_concurrent,
         sandbox: sandbox.clone(),
         metrics: metrics.clone(),
     };
-    let grpc = router_with_std.add_service(
+    let keys = ApiKeys::load(
+        config.api_keys.0.as_deref(),
+        config.api_keys_file.as_deref(),
+        config.api_key_max_concurrent,
+    )
+    .context("API keys (RLM_API_KEYS / RLM_API_KEYS_FILE)")?;
+    match &keys {
+        Some(keys) => keys.spawn_reloader(),
+        None => tracing::warn!(
+            "no API keys configured (RLM_API_KEYS_FILE): every client that reaches the gRPC port may run completions"
+        ),
+    }
+    let grpc = router_with_std.add_service(InterceptedService::new(
         RlmServiceServer::new(api)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20),
-    );
+        move |request| match &keys {
+            Some(keys) => keys.authenticate(request),
+            None => Ok(request),
+        },
+    ));
     reporter.set_serving::<RlmServiceServer<RlmApi>>().await;
 
     let http_state = HttpState {

@@ -11,6 +11,7 @@ use rlm_proto::rlm::v1::rlm_service_server::RlmService;
 use rlm_proto::rlm::v1::*;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Caller;
 use crate::engine::{Engine, parse_grpc_timeout};
 use crate::metrics::Metrics;
 use crate::sandbox_client::SandboxConnection;
@@ -18,6 +19,8 @@ use crate::trajectory::TrajectoryError;
 
 pub struct RlmApi {
     pub engine: Engine,
+    /// Completions one API key may run at once (when keys are configured).
+    pub per_key_limit: u32,
     pub sandbox: SandboxConnection,
     pub metrics: Arc<Metrics>,
 }
@@ -112,6 +115,18 @@ impl RlmApi {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<StreamCompleteResponse, Status>> + Send>>;
 
+/// One of the caller's completion slots, when the call came with an API key.
+fn caller_slot<T>(
+    request: &Request<T>,
+    limit: u32,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|caller| caller.acquire(limit))
+        .transpose()
+}
+
 fn client_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
     request
         .metadata()
@@ -147,9 +162,10 @@ impl RlmService for RlmApi {
         let started = Instant::now();
         let timeout = client_timeout(&request);
         let result = async {
+            let slot = caller_slot(&request, self.per_key_limit)?;
             let run = self
                 .engine
-                .start(request.into_inner().spec, timeout, None)
+                .start(request.into_inner().spec, timeout, None, slot)
                 .await?;
             let result = run.result().await?;
             Ok(Response::new(CompleteResponse {
@@ -168,10 +184,14 @@ impl RlmService for RlmApi {
         let started = Instant::now();
         let timeout = client_timeout(&request);
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let run = self
-            .engine
-            .start(request.into_inner().spec, timeout, Some(sender))
-            .await;
+        let run = match caller_slot(&request, self.per_key_limit) {
+            Ok(slot) => {
+                self.engine
+                    .start(request.into_inner().spec, timeout, Some(sender), slot)
+                    .await
+            }
+            Err(status) => Err(status),
+        };
         let run = self.finish("StreamComplete", started, run)?;
         // The stream owns the guard: the client going away drops the stream
         // and cancels the completion. It ends after the result event, when

@@ -203,12 +203,14 @@ impl Engine {
 
     /// Validates `spec`, stores inline contexts, opens the root REPL and
     /// starts the tree. Errors here are RPC errors: nothing ran yet.
-    /// `events` receives every event, the result last.
+    /// `events` receives every event, the result last; `caller_slot` (the
+    /// API key's concurrency permit) is held until the completion ends.
     pub async fn start(
         &self,
         spec: Option<CompletionSpec>,
         client_timeout: Option<Duration>,
         events: Option<mpsc::UnboundedSender<CompletionEvent>>,
+        caller_slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Started, Status> {
         let started = Instant::now();
         let started_at = std::time::SystemTime::now();
@@ -302,6 +304,7 @@ impl Engine {
             lock(&engine.shared.running).remove(&result.completion_id);
             engine.shared.metrics.completions_running.dec();
             drop::<OwnedSemaphorePermit>(slot);
+            drop(caller_slot);
             let _ = result_tx.send(result);
         });
         Ok(Started {
