@@ -47,8 +47,11 @@ async fn api_keys_guard_the_service() {
     let keys = dir.path().join("keys");
     std::fs::write(&keys, format!("alice:{ALICE}\nbob:{BOB}\n")).expect("keys");
     let turns = dir.path().join("turns.txt");
-    std::fs::write(&turns, "```repl\nimport time\ntime.sleep(2)\n```\n---\nFINAL(done)\n")
-        .expect("turns");
+    std::fs::write(
+        &turns,
+        "```repl\nimport time\ntime.sleep(2)\n```\n---\nFINAL(done)\n",
+    )
+    .expect("turns");
     let keys_path = keys.display().to_string();
     let stack = Stack::start(&[
         ("RLM_API_KEYS_FILE", keys_path.as_str()),
@@ -66,7 +69,9 @@ async fn api_keys_guard_the_service() {
         let status = list(ch.clone(), key).await.expect_err("refused");
         assert_eq!(status.code(), Code::Unauthenticated, "{key:?}: {status:?}");
     }
-    list(ch.clone(), Some(ALICE)).await.expect("alice is allowed");
+    list(ch.clone(), Some(ALICE))
+        .await
+        .expect("alice is allowed");
 
     // One completion per key at a time.
     let running = {
@@ -101,7 +106,10 @@ async fn api_keys_guard_the_service() {
         .expect("bob has his own slot")
         .into_inner();
     assert_eq!(bob.result.expect("result").answer, "done");
-    let first = running.await.expect("join").expect("alice's first completion");
+    let first = running
+        .await
+        .expect("join")
+        .expect("alice's first completion");
     assert_eq!(first.into_inner().result.expect("result").answer, "done");
 
     // The file is reloaded: carol in, alice out.
