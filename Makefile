@@ -10,10 +10,11 @@ up:
 build:
 	$(CARGO) build --workspace --bins
 
-## Every test: unit, end-to-end against the real binaries, and the REPL driver's.
+## Every test: unit, end-to-end against the real binaries, the REPL driver's, and the Python and Go clients'.
 test: build
 	$(CARGO) test --workspace
 	cd sandbox-agent/driver && python3 -m unittest -q test_rlm_driver
+	./clients/test.sh
 
 ## Formatting, clippy and the proto lint, as CI runs them.
 lint:

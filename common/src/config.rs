@@ -196,7 +196,8 @@ impl<'a> Settings<'a> {
         })
     }
 
-    fn display_name(&self, id: &str) -> String {
+    /// How setting `id` is named to users: `ENV_VAR (--flag)`.
+    pub fn display_name(&self, id: &str) -> String {
         let arg = self.command.get_arguments().find(|arg| arg.get_id() == id);
         match (
             arg.and_then(|a| a.get_env()),

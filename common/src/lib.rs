@@ -7,6 +7,7 @@ pub mod listen;
 pub mod propagation;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 /// The version every binary reports (health JSON, GetInfo, `--version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use rlm_common::config::{ConfigError, ServiceArgs, ServiceSettings, Settings, parse_duration};
 use rlm_common::listen::{ADDRESS_FORMS, Address};
+use rlm_common::tls::{self, TlsFiles};
 
 use crate::model::{EndpointConfig, ModelRef, ModelsConfig, PriceTable, RetryPolicy};
 
@@ -119,8 +120,45 @@ pub struct Cli {
     /// Completions one API key may run at once [default: 16].
     #[arg(long, env = "RLM_API_KEY_MAX_CONCURRENT", value_name = "N")]
     pub api_key_max_concurrent: Option<String>,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key).
+    #[arg(long, env = "RLM_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// PEM private key for TLS on the gRPC port.
+    #[arg(long, env = "RLM_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// PEM CA: clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "RLM_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<String>,
+    /// PEM CA that signed the agent's certificate (required for a tcp:// agent unless insecure).
+    #[arg(long, env = "RLM_SANDBOX_TLS_CA", value_name = "FILE")]
+    pub sandbox_tls_ca: Option<String>,
+    /// PEM client certificate presented to the agent (mutual TLS).
+    #[arg(long, env = "RLM_SANDBOX_TLS_CERT", value_name = "FILE")]
+    pub sandbox_tls_cert: Option<String>,
+    /// PEM key of that client certificate.
+    #[arg(long, env = "RLM_SANDBOX_TLS_KEY", value_name = "FILE")]
+    pub sandbox_tls_key: Option<String>,
+    /// Name the agent's certificate must carry [default: the endpoint's host].
+    #[arg(long, env = "RLM_SANDBOX_TLS_SERVER_NAME", value_name = "NAME")]
+    pub sandbox_tls_server_name: Option<String>,
+    /// Allow a tcp:// agent without TLS (unsafe outside a trusted network).
+    #[arg(long, env = "RLM_SANDBOX_INSECURE", value_name = "BOOL")]
+    pub sandbox_insecure: Option<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
+}
+
+/// How the orchestrator reaches a TCP agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentTransport {
+    /// Unix socket, or plaintext TCP explicitly allowed.
+    Plain,
+    /// TLS (mutual when `files` holds a client certificate).
+    Tls {
+        ca: PathBuf,
+        client: Option<TlsFiles>,
+        server_name: String,
+    },
 }
 
 /// Server defaults of the completion limits (a request overrides them).
@@ -150,6 +188,9 @@ pub struct Config {
     pub api_keys: Secret,
     pub api_keys_file: Option<PathBuf>,
     pub api_key_max_concurrent: u32,
+    /// TLS on the gRPC port.
+    pub tls: Option<TlsFiles>,
+    pub agent_transport: AgentTransport,
     pub service: ServiceSettings,
 }
 
@@ -204,6 +245,55 @@ fn positive_duration(v: &str) -> Result<Duration, String> {
         Err("must be greater than zero".to_owned())
     } else {
         Ok(d)
+    }
+}
+
+fn flag(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("not a boolean".to_owned()),
+    }
+}
+
+/// A TCP agent needs TLS (`RLM_SANDBOX_TLS_CA`, plus a client certificate
+/// for mutual TLS) unless plaintext is explicitly allowed.
+fn agent_transport(
+    settings: &Settings<'_>,
+    endpoint: &Address,
+) -> Result<AgentTransport, ConfigError> {
+    let client = tls::resolve(settings, "sandbox_tls_cert", "sandbox_tls_key", None)?;
+    let ca = settings.get("sandbox_tls_ca", "", "a PEM file path", |v| {
+        let v = v.trim();
+        match v {
+            "" => Ok(None),
+            v if std::path::Path::new(v).is_file() => Ok(Some(PathBuf::from(v))),
+            _ => Err("no such file".to_owned()),
+        }
+    })?;
+    let insecure = settings.get("sandbox_insecure", "false", "true or false", flag)?;
+    let Address::Tcp(addr) = endpoint else {
+        return Ok(AgentTransport::Plain);
+    };
+    match ca {
+        Some(ca) => Ok(AgentTransport::Tls {
+            ca,
+            client,
+            server_name: settings.get("sandbox_tls_server_name", "", "a DNS name or IP", |v| {
+                Ok(if v.trim().is_empty() {
+                    addr.ip().to_string()
+                } else {
+                    v.trim().to_owned()
+                })
+            })?,
+        }),
+        None if insecure => Ok(AgentTransport::Plain),
+        None => settings.get("sandbox_tls_ca", "", "a PEM file path", |_| {
+            Err(format!(
+                "required for the TCP agent {endpoint} (or set RLM_SANDBOX_INSECURE=true to \
+                 talk plaintext, unsafe outside a trusted network)"
+            ))
+        }),
     }
 }
 
@@ -273,6 +363,12 @@ impl Config {
             "an http:// or https:// URL",
             http_url,
         )?;
+        let sandbox_endpoint = settings.get(
+            "sandbox_endpoint",
+            DEFAULT_SANDBOX_ENDPOINT,
+            ADDRESS_FORMS,
+            Address::parse,
+        )?;
         Ok(Self {
             listen: settings.get(
                 "listen",
@@ -285,12 +381,6 @@ impl Config {
                 "127.0.0.1:9464",
                 "HOST:PORT, tcp://HOST:PORT",
                 Address::parse_tcp,
-            )?,
-            sandbox_endpoint: settings.get(
-                "sandbox_endpoint",
-                DEFAULT_SANDBOX_ENDPOINT,
-                ADDRESS_FORMS,
-                Address::parse,
             )?,
             log_dir: settings.get("log_dir", "rlm-logs", "a directory path", |v| {
                 if v.trim().is_empty() {
@@ -341,6 +431,9 @@ impl Config {
                 "1 to 100000",
                 number_in(1..=100_000),
             )?,
+            tls: tls::resolve(settings, "tls_cert", "tls_key", Some("tls_client_ca"))?,
+            agent_transport: agent_transport(settings, &sandbox_endpoint)?,
+            sandbox_endpoint,
             service: ServiceSettings::resolve(settings)?,
         })
     }

@@ -4,8 +4,9 @@ use tonic::service::interceptor::InterceptedService;
 
 use anyhow::Context;
 use rlm_common::server::{self, Shutdown};
+use rlm_common::tls;
 use rlm_orchestrator::auth::ApiKeys;
-use rlm_orchestrator::config::Config;
+use rlm_orchestrator::config::{AgentTransport, Config};
 use rlm_orchestrator::engine::{Engine, EngineConfig};
 use rlm_orchestrator::health::HealthChecks;
 use rlm_orchestrator::http::{HttpState, router};
@@ -23,11 +24,31 @@ fn main() -> std::process::ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let telemetry = rlm_common::telemetry::init("rlm-orchestrator", config.service.log_format)?;
     let metrics = Arc::new(Metrics::new(config.model.as_deref()));
-    let sandbox = SandboxConnection::new(config.sandbox_endpoint.clone())
+    let agent_tls = match &config.agent_transport {
+        AgentTransport::Plain => None,
+        AgentTransport::Tls {
+            ca,
+            client,
+            server_name,
+        } => Some(
+            tls::client_config(
+                ca,
+                client.as_ref().map(|c| (c.cert.as_path(), c.key.as_path())),
+                server_name,
+            )
+            .context("TLS towards the agent (RLM_SANDBOX_TLS_*)")?,
+        ),
+    };
+    let sandbox = SandboxConnection::with_tls(config.sandbox_endpoint.clone(), agent_tls)
         .with_context(|| format!("sandbox endpoint {}", config.sandbox_endpoint))?;
     let shutdown = Shutdown::new();
 
     let mut builder = server::builder();
+    if let Some(files) = &config.tls {
+        builder = builder
+            .tls_config(tls::server_config(files).context("TLS on the gRPC port (RLM_TLS_*)")?)
+            .context("TLS on the gRPC port (RLM_TLS_*)")?;
+    }
     let (router_with_std, reporter) =
         server::with_standard_services(&mut builder, &[rlm_proto::FILE_DESCRIPTOR_SET])?;
     let store = TrajectoryStore::open(&config.log_dir).with_context(|| {

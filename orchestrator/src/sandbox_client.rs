@@ -7,7 +7,7 @@ use rlm_common::listen::Address;
 use rlm_common::propagation::TracePropagation;
 use rlm_proto::rlm::sandbox::v1::sandbox_service_client::SandboxServiceClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -22,12 +22,27 @@ pub struct SandboxConnection {
 }
 
 impl SandboxConnection {
+    /// A connection to a Unix-socket or plaintext TCP agent.
     pub fn new(address: Address) -> anyhow::Result<Self> {
+        Self::with_tls(address, None)
+    }
+
+    /// With `tls`, a TCP agent is reached over TLS (mutual TLS when the
+    /// config carries a client identity).
+    pub fn with_tls(address: Address, tls: Option<ClientTlsConfig>) -> anyhow::Result<Self> {
         let channel = match &address {
-            Address::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy(),
+            Address::Tcp(addr) => {
+                let endpoint = match tls {
+                    Some(tls) => {
+                        Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?
+                    }
+                    None => Endpoint::from_shared(format!("http://{addr}"))?,
+                };
+                endpoint
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .connect_lazy()
+            }
             Address::Unix(path) => {
                 let path = path.clone();
                 // The URI is required by the API but unused: the connector dials the socket.

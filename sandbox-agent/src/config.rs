@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, Parser};
 use rlm_common::config::{ConfigError, ServiceArgs, ServiceSettings, Settings};
 use rlm_common::listen::{ADDRESS_FORMS, Address};
+use rlm_common::tls::{self, TlsFiles};
 
 use crate::session::limits::{Limits, Profile};
 
@@ -55,6 +56,22 @@ pub struct Cli {
     /// Name of the cgroup under which session cgroups are created [default: rlm-sandbox].
     #[arg(long, env = "RLM_AGENT_CGROUP", value_name = "NAME")]
     pub cgroup: Option<String>,
+    /// PEM certificate for TLS on a tcp:// listener (with --tls-key and --tls-client-ca).
+    #[arg(long, env = "RLM_AGENT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "RLM_AGENT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// PEM CA that signs the orchestrators' client certificates (mutual TLS).
+    #[arg(long, env = "RLM_AGENT_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<String>,
+    /// Serve plaintext on a tcp:// listener (unsafe outside a trusted network) [default: false].
+    #[arg(long, env = "RLM_AGENT_INSECURE_TCP", value_name = "BOOL")]
+    pub insecure_tcp: Option<String>,
+    /// Comma-separated uids allowed to call over the Unix socket (checked with SO_PEERCRED)
+    /// [default: the agent's own uid].
+    #[arg(long, env = "RLM_AGENT_ALLOWED_UIDS", value_name = "UIDS")]
+    pub allowed_uids: Option<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
 }
@@ -80,7 +97,29 @@ pub struct Config {
     pub allow_network: bool,
     pub allowed_path_prefixes: Vec<PathBuf>,
     pub cgroup: String,
+    /// Mutual TLS on a tcp:// listener; `None` on a Unix socket, or on TCP
+    /// when plaintext was explicitly allowed.
+    pub tls: Option<TlsFiles>,
+    /// Uids that may call over the Unix socket.
+    pub allowed_uids: Vec<u32>,
     pub service: ServiceSettings,
+}
+
+/// A tcp:// listener needs mutual TLS unless plaintext is explicitly allowed.
+fn listener_tls(settings: &Settings<'_>, listen: &Address) -> Result<Option<TlsFiles>, ConfigError> {
+    let files = tls::resolve(settings, "tls_cert", "tls_key", Some("tls_client_ca"))?;
+    let insecure = settings.get("insecure_tcp", "false", "true, false", parse_bool)?;
+    match (listen, files) {
+        (Address::Unix(_), _) => Ok(None),
+        (Address::Tcp(_), Some(files)) if files.ca.is_some() => Ok(Some(files)),
+        (Address::Tcp(_), _) if insecure => Ok(None),
+        (Address::Tcp(addr), _) => settings.get("listen", "", ADDRESS_FORMS, |_| {
+            Err(format!(
+                "tcp://{addr} needs mutual TLS: set RLM_AGENT_TLS_CERT, RLM_AGENT_TLS_KEY and \
+                 RLM_AGENT_TLS_CLIENT_CA (or RLM_AGENT_INSECURE_TCP=true on a trusted network)"
+            ))
+        }),
+    }
 }
 
 fn parse_count(max: usize) -> impl Fn(&str) -> Result<usize, String> {
@@ -116,12 +155,33 @@ impl Config {
     }
 
     fn resolve(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let listen = settings.get(
+            "listen",
+            "unix:///run/rlm/sandbox.sock",
+            ADDRESS_FORMS,
+            Address::parse,
+        )?;
         Ok(Self {
-            listen: settings.get(
-                "listen",
-                "unix:///run/rlm/sandbox.sock",
-                ADDRESS_FORMS,
-                Address::parse,
+            tls: listener_tls(settings, &listen)?,
+            listen,
+            allowed_uids: settings.get(
+                "allowed_uids",
+                "",
+                "comma-separated uids",
+                |v| {
+                    let uids: Result<Vec<u32>, String> = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(|u| u.parse().map_err(|_| format!("{u} is not a uid")))
+                        .collect();
+                    let uids = uids?;
+                    Ok(if uids.is_empty() {
+                        vec![nix::unistd::geteuid().as_raw()]
+                    } else {
+                        uids
+                    })
+                },
             )?,
             socket_mode: settings.get(
                 "socket_mode",

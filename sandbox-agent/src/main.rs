@@ -2,7 +2,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::UdsConnectInfo;
 use rlm_common::server::{self, Shutdown};
+use rlm_common::tls;
 use rlm_proto::rlm::sandbox::v1::sandbox_service_server::{SERVICE_NAME, SandboxServiceServer};
 use rlm_proto::rlm::sandbox::v1::{CgroupVersion, IsolationFeature, IsolationMode};
 use rlm_sandbox_agent::config::{Config, IsolationChoice};
@@ -148,6 +151,29 @@ fn build_launcher(config: &Config) -> anyhow::Result<(Launcher, StaticInfo)> {
     }
 }
 
+/// Over the Unix socket, only the configured uids may call (SO_PEERCRED);
+/// over TCP, mutual TLS already authenticated the peer.
+fn peer_allowed(
+    request: tonic::Request<()>,
+    allowed: &[u32],
+) -> Result<tonic::Request<()>, tonic::Status> {
+    let Some(info) = request.extensions().get::<UdsConnectInfo>() else {
+        return Ok(request);
+    };
+    match info.peer_cred.map(|c| c.uid()) {
+        Some(uid) if allowed.contains(&uid) => Ok(request),
+        Some(uid) => {
+            tracing::warn!(uid, "refused a caller whose uid is not in RLM_AGENT_ALLOWED_UIDS");
+            Err(tonic::Status::permission_denied(format!(
+                "uid {uid} may not use this agent (RLM_AGENT_ALLOWED_UIDS)"
+            )))
+        }
+        None => Err(tonic::Status::permission_denied(
+            "the caller's credentials are unknown",
+        )),
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let telemetry = rlm_common::telemetry::init("rlm-sandbox-agent", config.service.log_format)?;
     let contexts = Arc::new(
@@ -192,6 +218,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let mut builder = server::builder();
+    if let Some(files) = &config.tls {
+        builder = builder
+            .tls_config(tls::server_config(files).context("mutual TLS (RLM_AGENT_TLS_*)")?)
+            .context("mutual TLS (RLM_AGENT_TLS_*)")?;
+    }
     let (router, reporter) =
         server::with_standard_services(&mut builder, &[rlm_proto::FILE_DESCRIPTOR_SET])?;
     let host_cpus = std::thread::available_parallelism()
@@ -208,11 +239,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         info: info.clone(),
         started_at: std::time::SystemTime::now(),
     };
-    let grpc = router.add_service(
+    let allowed_uids = config.allowed_uids.clone();
+    let grpc = router.add_service(InterceptedService::new(
         SandboxServiceServer::new(api)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20),
-    );
+        move |request: tonic::Request<()>| peer_allowed(request, &allowed_uids),
+    ));
     reporter
         .set_serving::<SandboxServiceServer<SandboxApi>>()
         .await;

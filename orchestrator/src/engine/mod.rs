@@ -33,6 +33,9 @@ use node::{Node, NodeContext, NodeEnd, NodeSpec};
 use spec::{ContextSource, Resolved, ServerDefaults};
 use tree::{EventSink, PermitSlot, Tree, lock};
 
+/// A cancellation this close to the deadline counts as the timeout.
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
 /// Upload chunk size towards the agent.
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -213,7 +216,6 @@ impl Engine {
         caller_slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Started, Status> {
         let started = Instant::now();
-        let started_at = std::time::SystemTime::now();
         let shared = &self.shared;
         let slot = Arc::clone(&shared.slots).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(
@@ -269,6 +271,9 @@ impl Engine {
             Ok(repl) => repl,
             Err(e) => {
                 let status = match e {
+                    setup::SetupError::Sandbox(s) if s.code() == tonic::Code::NotFound => {
+                        unknown_context(&s, &tree.spec.contexts, &root.contexts)
+                    }
                     setup::SetupError::Sandbox(s) => prefixed(shared.sandbox_error(s), "spec"),
                     setup::SetupError::Context { index, message } => {
                         Status::invalid_argument(format!("spec.contexts[{index}]: {message}"))
@@ -277,7 +282,7 @@ impl Engine {
                         Status::internal(format!("binding the contexts failed: {m}"))
                     }
                 };
-                self.finish(&tree, stopped_before_start(&status), started_at);
+                self.finish(&tree, stopped_before_start(&status));
                 return Err(status);
             }
         };
@@ -298,7 +303,7 @@ impl Engine {
         let span = tracing::info_span!(parent: tracing::Span::current(), "rlm.completion", completion = %completion_id);
         tokio::spawn(async move {
             let result = engine
-                .run_tree(tree, root, repl, token, reason, started_at)
+                .run_tree(tree, root, repl, token, reason)
                 .instrument(span)
                 .await;
             lock(&engine.shared.running).remove(&result.completion_id);
@@ -362,36 +367,40 @@ impl Engine {
         repl: node::Repl,
         cancel: CancellationToken,
         reason: Arc<Mutex<Option<String>>>,
-        started_at: std::time::SystemTime,
     ) -> CompletionResult {
         let deadline = tokio::time::Instant::from_std(tree.deadline);
+        let timeout = || NodeEnd::Stopped {
+            reason: TerminationReason::Timeout,
+            detail: format!(
+                "timeout: {:.3}s elapsed",
+                tree.spec.limits.timeout.as_secs_f64()
+            ),
+            partial: lock(&tree.root_last_reply).clone(),
+        };
         let end = tokio::select! {
             end = Arc::clone(&root).run(repl) => end,
-            () = cancel.cancelled() => NodeEnd::Stopped {
-                reason: TerminationReason::Cancelled,
-                detail: lock(&reason).clone().unwrap_or_else(|| "cancelled by the client".to_owned()),
-                partial: lock(&tree.root_last_reply).clone(),
+            // The RPC going away at the deadline (the client's gRPC deadline,
+            // which shortened ours) is the timeout, not a cancellation.
+            () = cancel.cancelled() => if Instant::now() + DEADLINE_SLACK >= tree.deadline {
+                timeout()
+            } else {
+                NodeEnd::Stopped {
+                    reason: TerminationReason::Cancelled,
+                    detail: lock(&reason).clone().unwrap_or_else(|| "cancelled by the client".to_owned()),
+                    partial: lock(&tree.root_last_reply).clone(),
+                }
             },
-            () = tokio::time::sleep_until(deadline) => NodeEnd::Stopped {
-                reason: TerminationReason::Timeout,
-                detail: format!("timeout: {:.3}s elapsed", tree.spec.limits.timeout.as_secs_f64()),
-                partial: lock(&tree.root_last_reply).clone(),
-            },
+            () = tokio::time::sleep_until(deadline) => timeout(),
         };
         // Whatever was in flight was dropped with the root's future (model
         // requests aborted, Execute streams closed, so the agent kills
         // running cells); idle sessions are destroyed here.
         tree.destroy_remaining_sessions().await;
         let iterations = root.budget.node_iterations();
-        self.finish(&tree, (end, iterations), started_at)
+        self.finish(&tree, (end, iterations))
     }
 
-    fn finish(
-        &self,
-        tree: &Tree,
-        (end, iterations): (NodeEnd, u32),
-        started_at: std::time::SystemTime,
-    ) -> CompletionResult {
+    fn finish(&self, tree: &Tree, (end, iterations): (NodeEnd, u32)) -> CompletionResult {
         let (answer, reason, detail) = match end {
             NodeEnd::Final(answer) => (answer, TerminationReason::Final, String::new()),
             NodeEnd::Stopped {
@@ -424,8 +433,6 @@ impl Engine {
             .events
             .emit_result(EventBody::CompletionFinished(record), &answer)
             .unwrap_or_default();
-        // The recorded start is the header's; keep the precise one.
-        result.started_at = Some(started_at.into());
         result.trajectory_id = tree.events.trajectory_id().to_owned();
         if let Some(error) = tree.events.write_error() {
             self.shared.metrics.count_error("trajectory_write");
@@ -469,6 +476,30 @@ impl Engine {
                 "completion_id: no completion {completion_id:?}"
             ))),
         }
+    }
+}
+
+/// The agent does not hold a context id the request named.
+fn unknown_context(
+    status: &Status,
+    requested: &[spec::RequestContext],
+    contexts: &[NodeContext],
+) -> Status {
+    let missing = contexts
+        .iter()
+        .position(|c| status.message().contains(&c.id));
+    match missing {
+        Some(i) => {
+            let field = match requested.get(i).map(|c| &c.source) {
+                Some(ContextSource::Id(_)) => "context_id",
+                _ => "text",
+            };
+            Status::not_found(format!(
+                "spec.contexts[{i}].{field}: the server holds no context {} (upload it with UploadContext)",
+                contexts[i].id
+            ))
+        }
+        None => Status::not_found(format!("spec.contexts: {}", status.message())),
     }
 }
 

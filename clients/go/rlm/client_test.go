@@ -1,0 +1,251 @@
+package rlm
+
+// Tests without the real services: error mapping, and what the client puts on
+// the wire, checked against an in-process fake RLMService over bufconn.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	rlmv1 "github.com/rlm-runtime/rlm/clients/go/rlmpb/rlm/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+)
+
+func TestMapErrorKindsAndMessage(t *testing.T) {
+	cases := map[codes.Code]error{
+		codes.InvalidArgument:    ErrInvalidRequest,
+		codes.OutOfRange:         ErrInvalidRequest,
+		codes.NotFound:           ErrNotFound,
+		codes.PermissionDenied:   ErrPermissionDenied,
+		codes.Unauthenticated:    ErrUnauthenticated,
+		codes.ResourceExhausted:  ErrResourceExhausted,
+		codes.FailedPrecondition: ErrFailedPrecondition,
+		codes.Unavailable:        ErrUnavailable,
+		codes.DeadlineExceeded:   ErrDeadlineExceeded,
+		codes.Canceled:           ErrCancelled,
+		codes.Internal:           ErrServer,
+		codes.Unimplemented:      ErrServer,
+	}
+	for code, sentinel := range cases {
+		err := mapError(status.Error(code, "spec.x: no"))
+		if !errors.Is(err, sentinel) {
+			t.Errorf("%v: %v is not %v", code, err, sentinel)
+		}
+		var rpcErr *Error
+		if !errors.As(err, &rpcErr) || rpcErr.Message != "spec.x: no" || rpcErr.Code != code {
+			t.Errorf("%v: unexpected %#v", code, err)
+		}
+		if status.Code(err) != code {
+			t.Errorf("%v: status.Code sees %v", code, status.Code(err))
+		}
+	}
+	if mapError(nil) != nil {
+		t.Error("nil must stay nil")
+	}
+	plain := errors.New("plain")
+	if mapError(plain) != plain {
+		t.Error("a non-status error must pass through")
+	}
+}
+
+func TestIncompleteErrorKinds(t *testing.T) {
+	cases := map[rlmv1.TerminationReason]error{
+		rlmv1.TerminationReason_TERMINATION_REASON_MAX_ITERATIONS: ErrBudgetExceeded,
+		rlmv1.TerminationReason_TERMINATION_REASON_TOKEN_BUDGET:   ErrBudgetExceeded,
+		rlmv1.TerminationReason_TERMINATION_REASON_COST_BUDGET:    ErrBudgetExceeded,
+		rlmv1.TerminationReason_TERMINATION_REASON_TIMEOUT:        ErrBudgetExceeded,
+		rlmv1.TerminationReason_TERMINATION_REASON_MAX_SUBCALLS:   ErrBudgetExceeded,
+		rlmv1.TerminationReason_TERMINATION_REASON_CANCELLED:      ErrCompletionCancelled,
+		rlmv1.TerminationReason_TERMINATION_REASON_MODEL_ERROR:    ErrCompletionFailed,
+		rlmv1.TerminationReason_TERMINATION_REASON_SANDBOX_ERROR:  ErrCompletionFailed,
+		rlmv1.TerminationReason_TERMINATION_REASON_ERROR:          ErrCompletionFailed,
+	}
+	for reason, sentinel := range cases {
+		err := CheckPartial(&rlmv1.CompletionResult{TerminationReason: reason, Partial: true, Detail: "why"})
+		if !errors.Is(err, sentinel) || !errors.Is(err, ErrIncomplete) || !strings.Contains(err.Error(), "why") {
+			t.Errorf("%v: %v", reason, err)
+		}
+	}
+	if err := CheckPartial(&rlmv1.CompletionResult{TerminationReason: rlmv1.TerminationReason_TERMINATION_REASON_FINAL}); err != nil {
+		t.Errorf("FINAL: %v", err)
+	}
+	if ReasonName(rlmv1.TerminationReason_TERMINATION_REASON_TOKEN_BUDGET) != "TOKEN_BUDGET" {
+		t.Error("ReasonName")
+	}
+}
+
+// fakeService records what arrives.
+type fakeService struct {
+	rlmv1.UnimplementedRLMServiceServer
+	mu       sync.Mutex
+	metadata []metadata.MD
+	deadline []time.Duration
+	chunks   []int
+	first    *rlmv1.UploadContextRequest
+	specs    []*rlmv1.CompletionSpec
+}
+
+func (f *fakeService) record(ctx context.Context) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	md, _ := metadata.FromIncomingContext(ctx)
+	f.metadata = append(f.metadata, md)
+	d := time.Duration(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		d = time.Until(dl)
+	}
+	f.deadline = append(f.deadline, d)
+}
+
+func (f *fakeService) Complete(ctx context.Context, req *rlmv1.CompleteRequest) (*rlmv1.CompleteResponse, error) {
+	f.record(ctx)
+	f.mu.Lock()
+	f.specs = append(f.specs, req.GetSpec())
+	f.mu.Unlock()
+	if p := req.GetSpec().GetPrompt(); strings.HasPrefix(p, "abort:") {
+		return nil, status.Error(codes.ResourceExhausted, strings.TrimPrefix(p, "abort:"))
+	}
+	if req.GetSpec().GetPrompt() == "partial" {
+		return &rlmv1.CompleteResponse{Result: &rlmv1.CompletionResult{
+			Answer: "part", Partial: true, TerminationReason: rlmv1.TerminationReason_TERMINATION_REASON_MAX_SUBCALLS}}, nil
+	}
+	return &rlmv1.CompleteResponse{Result: &rlmv1.CompletionResult{
+		Answer: "fake", TerminationReason: rlmv1.TerminationReason_TERMINATION_REASON_FINAL}}, nil
+}
+
+func (f *fakeService) UploadContext(stream rlmv1.RLMService_UploadContextServer) error {
+	f.record(stream.Context())
+	h := sha256.New()
+	var size uint64
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		if f.first == nil {
+			f.first = msg
+		}
+		f.chunks = append(f.chunks, len(msg.GetChunk()))
+		f.mu.Unlock()
+		h.Write(msg.GetChunk())
+		size += uint64(len(msg.GetChunk()))
+	}
+	return stream.SendAndClose(&rlmv1.UploadContextResponse{ContextId: "sha256:" + hex.EncodeToString(h.Sum(nil)), SizeBytes: size})
+}
+
+func startFake(t *testing.T, opts ...Option) (*fakeService, *Client) {
+	t.Helper()
+	listener := bufconn.Listen(1 << 20)
+	server := grpc.NewServer(grpc.MaxRecvMsgSize(16 << 20))
+	fake := &fakeService{}
+	rlmv1.RegisterRLMServiceServer(server, fake)
+	go server.Serve(listener) //nolint:errcheck
+	t.Cleanup(server.Stop)
+	dialer := grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return listener.Dial() })
+	client, err := Dial(context.Background(), "bufnet", append(opts, WithDialOptions(dialer))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return fake, client
+}
+
+func TestAPIKeyMetadataAndDefaultTimeout(t *testing.T) {
+	fake, client := startFake(t, WithAPIKey("s3cret"), WithTimeout(42*time.Second), WithMetadata("x-team", "search"))
+	ctx := context.Background()
+	if _, err := client.Complete(ctx, Request{Prompt: "hi"}); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := client.Complete(short, Request{Prompt: "hi"}); err != nil {
+		t.Fatal(err)
+	}
+	for i, md := range fake.metadata {
+		if got := md.Get("authorization"); len(got) != 1 || got[0] != "Bearer s3cret" {
+			t.Errorf("call %d authorization %v", i, got)
+		}
+		if got := md.Get("x-team"); len(got) != 1 || got[0] != "search" {
+			t.Errorf("call %d x-team %v", i, got)
+		}
+	}
+	if d := fake.deadline[0]; d < 35*time.Second || d > 43*time.Second {
+		t.Errorf("default timeout: deadline in %v", d)
+	}
+	if d := fake.deadline[1]; d <= 0 || d > 6*time.Second {
+		t.Errorf("context deadline wins: deadline in %v", d)
+	}
+}
+
+func TestLargeInlineContextIsUploadedInChunks(t *testing.T) {
+	fake, client := startFake(t)
+	big := strings.Repeat("z", 3<<20+5)
+	if _, err := client.Complete(context.Background(), Request{Prompt: "hi", Contexts: []Context{Text("small"), Text(big)}}); err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, n := range fake.chunks {
+		if n > ChunkSize {
+			t.Errorf("chunk of %d bytes", n)
+		}
+		total += n
+	}
+	if total != len(big) || len(fake.chunks) != 4 {
+		t.Errorf("chunks %v", fake.chunks)
+	}
+	sum := sha256.Sum256([]byte(big))
+	if fake.first.GetExpectedSha256() != hex.EncodeToString(sum[:]) || fake.first.GetTotalSizeBytes() != uint64(len(big)) {
+		t.Errorf("first message declares %q / %d", fake.first.GetExpectedSha256(), fake.first.GetTotalSizeBytes())
+	}
+	spec := fake.specs[0]
+	if spec.GetContexts()[0].GetText() != "small" || spec.GetContexts()[1].GetContextId() != "sha256:"+hex.EncodeToString(sum[:]) {
+		t.Errorf("contexts %v", spec.GetContexts())
+	}
+}
+
+func TestUploadFromReaderAndEmpty(t *testing.T) {
+	fake, client := startFake(t, WithChunkSize(4))
+	up, err := client.UploadContext(context.Background(), strings.NewReader("0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up.SizeBytes != 10 || len(fake.chunks) != 3 {
+		t.Errorf("%+v %v", up, fake.chunks)
+	}
+	empty, err := client.UploadBytes(context.Background(), nil)
+	if err != nil || empty.SizeBytes != 0 {
+		t.Fatalf("%v %v", empty, err)
+	}
+}
+
+func TestStatusAndPartialOnTheWire(t *testing.T) {
+	_, client := startFake(t)
+	_, err := client.Complete(context.Background(), Request{Prompt: "abort:server at capacity"})
+	if !errors.Is(err, ErrResourceExhausted) || !strings.Contains(err.Error(), "server at capacity") {
+		t.Errorf("got %v", err)
+	}
+	res, err := client.Complete(context.Background(), Request{Prompt: "partial"})
+	if err != nil || !res.GetPartial() {
+		t.Errorf("a partial result is not an error by default: %v %v", res, err)
+	}
+	res, err = client.Complete(context.Background(), Request{Prompt: "partial", FailOnPartial: true})
+	if !errors.Is(err, ErrBudgetExceeded) || res.GetAnswer() != "part" {
+		t.Errorf("FailOnPartial: %v %v", res, err)
+	}
+}
