@@ -5,6 +5,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rlm_common::listen::Address;
 use rlm_common::propagation::TracePropagation;
+use rlm_proto::rlm::sandbox::v1::GetInfoRequest;
 use rlm_proto::rlm::sandbox::v1::sandbox_service_client::SandboxServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -84,13 +85,32 @@ impl SandboxConnection {
             )),
             Ok(Err(status)) => Err(format!("agent at {}: {}", self.address, status.message())),
             Ok(Ok(response)) => match response.into_inner().status() {
-                ServingStatus::Serving => Ok(()),
+                ServingStatus::Serving => self.check_access(timeout).await,
                 other => Err(format!(
                     "agent at {} reports {}",
                     self.address,
                     other.as_str_name()
                 )),
             },
+        }
+    }
+
+    /// Health is open to anyone; the sandbox API checks the caller. A
+    /// `GetInfo` shows whether this orchestrator may actually use the agent.
+    async fn check_access(&self, timeout: Duration) -> Result<(), String> {
+        let mut request = tonic::Request::new(GetInfoRequest::default());
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, self.client().get_info(request)).await {
+            Err(_) => Err(format!(
+                "agent at {} did not answer GetInfo within {timeout:?}",
+                self.address
+            )),
+            Ok(Err(status)) => Err(format!(
+                "agent at {} refuses this orchestrator: {}",
+                self.address,
+                status.message()
+            )),
+            Ok(Ok(_)) => Ok(()),
         }
     }
 }

@@ -768,9 +768,11 @@ unsafe fn run_step(plan: &ChildPlan, step: &Prepared, index: usize) {
                         fail(plan, "mkdir", index as u32);
                     }
                 } else {
+                    // Read-only: an existing target (a /proc file being masked)
+                    // must not need CAP_DAC_OVERRIDE to be opened.
                     let fd = libc::open(
                         target.as_ptr(),
-                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                        libc::O_CREAT | libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
                         0o444,
                     );
                     if fd < 0 {
