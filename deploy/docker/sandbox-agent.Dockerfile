@@ -19,10 +19,6 @@
 #   KILL       signalling session processes, which run under other uids
 #              (interrupting a cell, killing a session: without it
 #              DestroySession never returns)
-#   DAC_OVERRIDE  masking /proc/keys, /proc/timer_list... in the session's new
-#              /proc: the agent opens each mask target (mode 0444) for writing
-#              before binding /dev/null over it. Opening it read-only in
-#              sandbox-agent/src/isolation/spawn.rs would make this one unnecessary.
 # tests/tests/deploy_env.rs runs the agent with exactly this set (and the
 # seccomp profile below) and shows that each one is needed.
 # Also required, and why `privileged: true` is not:
