@@ -205,3 +205,42 @@ mod tests {
         assert_eq!(payload_length(5u32.to_be_bytes()).expect("ok"), 5);
     }
 }
+
+/// Property tests: whatever a (hostile) driver writes, decoding returns a
+/// value or an error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame_like() -> impl Strategy<Value = Vec<u8>> {
+        let kind = prop_oneof![Just(b'R'), Just(b'S'), Just(b'D'), any::<u8>()];
+        let body = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            "[ -~]{0,200}".prop_map(String::into_bytes),
+            Just(br#"{"id":1,"kind":"rlm","prompts":["p"],"contexts":[{"text":"c"},null]}"#.to_vec()),
+            Just(br#"{"id":18446744073709551615,"kind":"llm","prompts":[]}"#.to_vec()),
+            Just(br#"{"final_called":true,"final_value":null,"error":{"type":1}}"#.to_vec()),
+        ];
+        (kind, body).prop_map(|(k, mut b)| {
+            b.insert(0, k);
+            b
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        #[test]
+        fn decode_never_panics(payload in frame_like()) {
+            let _ = decode(&payload);
+        }
+
+        #[test]
+        fn lengths_are_bounded(header in any::<[u8; 4]>()) {
+            if let Ok(n) = payload_length(header) {
+                prop_assert!(n > 0 && n <= MAX_FRAME);
+            }
+        }
+    }
+}
