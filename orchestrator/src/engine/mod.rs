@@ -50,6 +50,9 @@ pub struct Shared {
     pub limits: LimitDefaults,
     running: Mutex<HashMap<String, Running>>,
     slots: Arc<Semaphore>,
+    max_completions: u32,
+    /// Cancelled by [`Engine::shutdown`]; every completion's token is a child.
+    stopping: CancellationToken,
 }
 
 struct Running {
@@ -192,7 +195,39 @@ impl Engine {
                 limits: config.limits,
                 running: Mutex::default(),
                 slots: Arc::new(Semaphore::new(config.max_completions as usize)),
+                max_completions: config.max_completions,
+                stopping: CancellationToken::new(),
             }),
+        }
+    }
+
+    /// For the end of the server's drain: refuses new completions
+    /// (UNAVAILABLE), cancels the running ones (`CANCELLED`, "the server is
+    /// shutting down") and waits, at most `grace`, until each has stopped,
+    /// destroyed its sandbox sessions and recorded its result. Without this
+    /// a completion task still running when the process exits would be
+    /// dropped by the runtime, leaving its sessions on the agent. Returns
+    /// whether every completion finished within `grace`.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let shared = &self.shared;
+        shared.stopping.cancel();
+        let running = lock(&shared.running).len();
+        if running > 0 {
+            tracing::info!(running, "cancelling the running completions");
+        }
+        // Every completion holds one slot until its task has cleaned up.
+        let all = Arc::clone(&shared.slots).acquire_many_owned(shared.max_completions);
+        match tokio::time::timeout(grace, all).await {
+            Ok(_) => true,
+            Err(_) => {
+                let left = lock(&shared.running).len();
+                tracing::warn!(
+                    left,
+                    grace_ms = grace.as_millis() as u64,
+                    "completions still stopping at exit; their sandbox sessions may outlive them until the agent reaps them"
+                );
+                false
+            }
         }
     }
 
@@ -217,6 +252,9 @@ impl Engine {
     ) -> Result<Started, Status> {
         let started = Instant::now();
         let shared = &self.shared;
+        if shared.stopping.is_cancelled() {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
         let slot = Arc::clone(&shared.slots).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(
                 "the server is running its maximum number of completions (RLM_MAX_COMPLETIONS); retry later",
@@ -287,7 +325,9 @@ impl Engine {
             }
         };
 
-        let cancel = CancellationToken::new();
+        // A child of the engine's token: shutdown cancels it, even when it
+        // comes between here and the insertion below.
+        let cancel = shared.stopping.child_token();
         let reason = Arc::new(Mutex::new(None));
         lock(&shared.running).insert(
             completion_id.clone(),
@@ -303,14 +343,20 @@ impl Engine {
         let span = tracing::info_span!(parent: tracing::Span::current(), "rlm.completion", completion = %completion_id);
         tokio::spawn(async move {
             let result = engine
-                .run_tree(tree, root, repl, token, reason)
-                .instrument(span)
+                .run_tree(Arc::clone(&tree), root, repl, token, reason)
+                .instrument(span.clone())
                 .await;
-            lock(&engine.shared.running).remove(&result.completion_id);
+            let completion_id = result.completion_id.clone();
+            let _ = result_tx.send(result);
+            // The caller has its answer; sessions still registered (idle
+            // ones, or those of a stopped tree) go now, before the
+            // completion's slots are released.
+            tree.destroy_remaining_sessions().instrument(span).await;
+            drop(tree);
+            lock(&engine.shared.running).remove(&completion_id);
             engine.shared.metrics.completions_running.dec();
             drop::<OwnedSemaphorePermit>(slot);
             drop(caller_slot);
-            let _ = result_tx.send(result);
         });
         Ok(Started {
             completion_id,
@@ -386,7 +432,11 @@ impl Engine {
             } else {
                 NodeEnd::Stopped {
                     reason: TerminationReason::Cancelled,
-                    detail: lock(&reason).clone().unwrap_or_else(|| "cancelled by the client".to_owned()),
+                    detail: lock(&reason).clone().unwrap_or_else(|| if self.shared.stopping.is_cancelled() {
+                        "cancelled: the server is shutting down".to_owned()
+                    } else {
+                        "cancelled by the client".to_owned()
+                    }),
                     partial: lock(&tree.root_last_reply).clone(),
                 }
             },
@@ -394,8 +444,7 @@ impl Engine {
         };
         // Whatever was in flight was dropped with the root's future (model
         // requests aborted, Execute streams closed, so the agent kills
-        // running cells); idle sessions are destroyed here.
-        tree.destroy_remaining_sessions().await;
+        // running cells); idle sessions are destroyed once the result is out.
         let iterations = root.budget.node_iterations();
         self.finish(&tree, (end, iterations))
     }

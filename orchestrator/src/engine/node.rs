@@ -162,7 +162,7 @@ impl Node {
         {
             Ok(contexts) => Ok(Repl { session, contexts }),
             Err(e) => {
-                self.tree.destroy_session(session).await;
+                self.tree.destroy_session(session);
                 Err(e)
             }
         }
@@ -204,7 +204,7 @@ impl Node {
         let mut repl = repl;
         let span = tracing::info_span!("rlm.node", node = %self.id, depth = self.depth);
         let end = self.turns(&mut repl).instrument(span).await;
-        self.tree.destroy_session(repl.session).await;
+        self.tree.destroy_session(repl.session);
         end
     }
 
@@ -397,7 +397,7 @@ impl Node {
             match self.open_repl().await {
                 Ok(fresh) => {
                     let old = std::mem::replace(repl, fresh);
-                    self.tree.destroy_session(old.session).await;
+                    self.tree.destroy_session(old.session);
                 }
                 Err(e) => {
                     let end = NodeEnd::Stopped {

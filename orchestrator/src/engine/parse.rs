@@ -699,3 +699,56 @@ mod tests {
         assert_eq!(code_blocks("\r\n\r\n\n"), vec![]);
     }
 }
+
+/// Property tests: any model reply parses without panicking, every block
+/// is text of the reply, and a FINAL value is text of the reply too.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Replies built from the pieces parsers trip on: fences, FINAL forms,
+    /// quotes, brackets, multi-byte characters and line ends.
+    fn reply() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("```repl\n".to_owned()),
+            Just("```python\n".to_owned()),
+            Just("```\n".to_owned()),
+            Just("````\n".to_owned()),
+            Just("~~~\n".to_owned()),
+            Just("FINAL(".to_owned()),
+            Just("FINAL_VAR(".to_owned()),
+            Just(")".to_owned()),
+            Just("\"".to_owned()),
+            Just("'".to_owned()),
+            Just("(".to_owned()),
+            Just("\r\n".to_owned()),
+            Just("\n".to_owned()),
+            Just("é漢🦀".to_owned()),
+            "[ -~]{0,12}",
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parsing_any_reply_is_total(text in reply()) {
+            for block in code_blocks(&text) {
+                prop_assert!(text.contains(block.code.as_str()));
+            }
+            match final_answer(&text) {
+                Some(FinalAnswer::Value(v)) => prop_assert!(text.contains(v.trim())),
+                Some(FinalAnswer::Var(name)) => prop_assert!(text.contains(name.as_str())),
+                None => {}
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = code_blocks(&text);
+            let _ = final_answer(&text);
+        }
+    }
+}

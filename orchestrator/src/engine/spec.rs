@@ -520,3 +520,110 @@ mod tests {
         );
     }
 }
+
+/// Property tests: any request is either resolved or rejected with
+/// INVALID_ARGUMENT naming a `spec` field; never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use rlm_proto::rlm::v1::{CompletionLimits, ContextInput, SandboxLimits};
+
+    fn duration() -> impl Strategy<Value = Option<prost_types::Duration>> {
+        proptest::option::of((any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| {
+            prost_types::Duration { seconds, nanos }
+        }))
+    }
+
+    fn spec() -> impl Strategy<Value = CompletionSpec> {
+        let limits = (
+            proptest::option::of(any::<u32>()),
+            any::<u32>(),
+            any::<u64>(),
+            prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(-0.0)],
+            any::<u32>(),
+            proptest::option::of(any::<u32>()),
+            duration(),
+            duration(),
+        )
+            .prop_map(|(d, i, t, c, p, s, timeout, cell)| CompletionLimits {
+                max_depth: d,
+                max_iterations: i,
+                token_budget: t,
+                cost_budget_usd: c,
+                max_parallel: p,
+                max_subcalls: s,
+                timeout,
+                cell_timeout: cell,
+            });
+        let context = (
+            proptest::option::of(prop_oneof![
+                "\\PC{0,40}".prop_map(Source::Text),
+                "(sha256:)?[0-9a-fA-F]{0,70}".prop_map(Source::ContextId),
+            ]),
+            -2i32..5,
+        )
+            .prop_map(|(source, format)| ContextInput { source, format });
+        (
+            "\\PC{0,20}",
+            proptest::collection::vec(context, 0..4),
+            "[a-z:/._-]{0,20}",
+            proptest::option::of(limits),
+            proptest::option::of((any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+                |(memory_bytes, cpu_millicores, max_pids)| SandboxLimits {
+                    memory_bytes,
+                    cpu_millicores,
+                    max_pids,
+                    ..Default::default()
+                },
+            )),
+            proptest::collection::hash_map("\\PC{0,130}", "\\PC{0,8}", 0..3),
+        )
+            .prop_map(|(prompt, contexts, root_model, limits, sandbox, metadata)| {
+                CompletionSpec {
+                    prompt,
+                    contexts,
+                    root_model,
+                    limits,
+                    sandbox,
+                    metadata,
+                    ..Default::default()
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn resolve_is_total(spec in spec()) {
+            let limits = LimitDefaults {
+                max_depth: 1,
+                max_iterations: 30,
+                max_parallel: 8,
+                timeout: Duration::from_secs(600),
+                cell_timeout: Duration::from_secs(60),
+            };
+            let pricing = PriceTable::builtin();
+            let server = ServerDefaults {
+                root_model: Some("openai/gpt-4o"),
+                sub_model: None,
+                limits: &limits,
+                pricing: &pricing,
+            };
+            match resolve(Some(spec), &server) {
+                Ok(r) => {
+                    prop_assert!(r.limits.max_iterations >= 1 && r.limits.max_iterations <= 1000);
+                    prop_assert!(r.limits.max_parallel >= 1 && r.limits.max_parallel <= 256);
+                    prop_assert!(r.limits.max_depth <= 16);
+                    prop_assert!(!r.limits.timeout.is_zero());
+                    prop_assert!(r.limits.cost_budget_usd.is_none_or(|c| c.is_finite() && c > 0.0));
+                }
+                Err(status) => {
+                    prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                    prop_assert!(status.message().starts_with("spec"), "{}", status.message());
+                }
+            }
+        }
+    }
+}

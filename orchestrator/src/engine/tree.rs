@@ -25,7 +25,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// to the client in the same order (one lock covers both).
 pub struct EventSink {
     writer: TrajectoryWriter,
-    stream: Option<mpsc::UnboundedSender<CompletionEvent>>,
+    /// Taken (closed) once the result is sent, so the client's stream ends
+    /// without waiting for the tree's clean-up.
+    stream: Mutex<Option<mpsc::UnboundedSender<CompletionEvent>>>,
     order: Mutex<()>,
     write_error: Mutex<Option<String>>,
 }
@@ -37,7 +39,7 @@ impl EventSink {
     ) -> Self {
         Self {
             writer,
-            stream,
+            stream: Mutex::new(stream),
             order: Mutex::new(()),
             write_error: Mutex::new(None),
         }
@@ -55,7 +57,7 @@ impl EventSink {
             *lock(&self.write_error) = Some(error.to_string());
         }
         let event = self.writer.event(&line);
-        if let (Some(stream), Some(event)) = (&self.stream, &event) {
+        if let (Some(stream), Some(event)) = (lock(&self.stream).as_ref(), &event) {
             // A closed stream means the client left; the completion is
             // being cancelled and keeps recording.
             let _ = stream.send(event.clone());
@@ -77,7 +79,7 @@ impl EventSink {
         };
         answer.clone_into(&mut result.answer);
         let result = result.clone();
-        if let Some(stream) = &self.stream {
+        if let Some(stream) = lock(&self.stream).take() {
             let _ = stream.send(event);
         }
         Some(result)
@@ -197,18 +199,23 @@ impl Tree {
         Ok(session)
     }
 
-    /// Destroys a session of this tree (errors are logged: the agent reaps
-    /// idle sessions itself, and the tree's final sweep retries).
-    pub async fn destroy_session(&self, session: RemoteSession) {
-        let id = session.id().to_owned();
-        match session.destroy().await {
-            Ok(_) => {
-                lock(&self.sessions).remove(&id);
+    /// Destroys a session of this tree in the background: killing a
+    /// session's processes takes milliseconds nobody should wait for. Errors
+    /// are logged; the tree's final sweep destroys what is still registered
+    /// (destroying twice is harmless).
+    pub fn destroy_session(self: &Arc<Self>, session: RemoteSession) {
+        let tree = Arc::clone(self);
+        tokio::spawn(async move {
+            let id = session.id().to_owned();
+            match session.destroy().await {
+                Ok(_) => {
+                    lock(&tree.sessions).remove(&id);
+                }
+                Err(status) => {
+                    tracing::warn!(session = %id, %status, "destroying a sandbox session failed");
+                }
             }
-            Err(status) => {
-                tracing::warn!(session = %id, %status, "destroying a sandbox session failed");
-            }
-        }
+        });
     }
 
     /// Destroys every session still registered (after the tree stopped).
