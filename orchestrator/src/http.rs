@@ -1,4 +1,5 @@
-//! The orchestrator's HTTP port: `/metrics` (Prometheus text) and `/health` (JSON).
+//! The orchestrator's HTTP port: `/metrics` (Prometheus text), `/health`
+//! (JSON) and the trajectory viewer (`/trajectories`, see [`crate::viewer`]).
 
 use std::sync::Arc;
 
@@ -17,13 +18,17 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthChecks>,
     pub shutdown: Shutdown,
+    /// The trajectory viewer's store and API keys.
+    pub viewer: crate::viewer::Viewer,
 }
 
 pub fn router(state: HttpState) -> Router {
+    let viewer = crate::viewer::router(state.viewer.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .with_state(state)
+        .merge(viewer)
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

@@ -1,5 +1,5 @@
 //! rlm-orchestrator: the public `rlm.v1.RLMService`, its HTTP side (metrics,
-//! health), and the connection to the sandbox agent.
+//! health, the trajectory viewer), and the connection to the sandbox agent.
 
 pub mod auth;
 pub mod budget;
@@ -13,3 +13,4 @@ pub mod remote_session;
 pub mod sandbox_client;
 pub mod service;
 pub mod trajectory;
+pub mod viewer;

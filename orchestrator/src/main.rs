@@ -15,6 +15,7 @@ use rlm_orchestrator::model::Models;
 use rlm_orchestrator::sandbox_client::SandboxConnection;
 use rlm_orchestrator::service::RlmApi;
 use rlm_orchestrator::trajectory::TrajectoryStore;
+use rlm_orchestrator::viewer::Viewer;
 use rlm_proto::rlm::v1::rlm_service_server::{RlmServiceServer, SERVICE_NAME};
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +58,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.log_dir.display()
         )
     })?;
+    // The viewer reads the same store (a clone shares which ids are running).
+    let trajectories = store.clone();
     let models = Models::new(config.models.clone()).context("model clients")?;
     let engine = Engine::new(EngineConfig {
         models,
@@ -86,6 +89,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "no API keys configured (RLM_API_KEYS_FILE): every client that reaches the gRPC port may run completions"
         ),
     }
+    let viewer = Viewer::new(trajectories, keys.clone());
     let grpc = router_with_std.add_service(InterceptedService::new(
         RlmServiceServer::new(api)
             .max_decoding_message_size(16 << 20)
@@ -110,6 +114,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .context("building the HTTP client")?,
         }),
         shutdown: shutdown.clone(),
+        viewer,
     };
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await

@@ -616,7 +616,8 @@ impl TrajectoryWriter {
             Ok(()) => (line, None),
             Err(source) => {
                 st.failed = true;
-                tracing::warn!(trajectory = %self.id, seq, error = %source, "trajectory write failed; recording disabled");
+                // Returned to the caller, who reports it (once per trajectory).
+                tracing::debug!(trajectory = %self.id, seq, error = %source, "trajectory write failed; recording disabled");
                 (line, Some(TrajectoryError::Write { seq, source }))
             }
         }
@@ -920,6 +921,10 @@ impl TrajectoryStore {
         );
         let (line, error) = writer.record("0", 0, EventBody::CompletionStarted(header.clone()));
         if let Some(error) = error {
+            // No header, no trajectory: an empty or torn file would read as
+            // corrupt instead of missing.
+            drop(writer);
+            let _ = fs::remove_file(&path);
             return Err(error);
         }
         writer.header = Some((header, line.ts));
@@ -1031,6 +1036,24 @@ impl TrajectoryStore {
         text.push_str(&String::from_utf8_lossy(&bytes));
         let lines = parse_lines(id, &text)?;
         self.build(id, &lines)
+    }
+
+    /// The recorded lines of a trajectory as written (header first; a cut
+    /// last line is ignored) and its status. Same id checks and symlink
+    /// guard as [`read`](Self::read). Used by the HTTP trajectory viewer.
+    pub fn read_lines(
+        &self,
+        id: &str,
+    ) -> Result<(Vec<TrajectoryLine>, TrajectoryStatus), TrajectoryError> {
+        let path = self.path(id)?;
+        let mut bytes = Vec::new();
+        open_nofollow(&path, id)?.read_to_end(&mut bytes)?;
+        let lines = parse_lines(id, &String::from_utf8_lossy(&bytes))?;
+        header_of(id, &lines)?;
+        let finished = lines
+            .iter()
+            .any(|l| matches!(l.body, EventBody::CompletionFinished(_)));
+        Ok((lines, self.status(id, finished)))
     }
 
     /// Summary of one trajectory: from the first and last lines when the

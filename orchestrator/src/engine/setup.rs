@@ -184,9 +184,20 @@ mod tests {
         let hex = |t: &str| hex::encode(t.as_bytes());
         let (i, meta) = described(&format!("1 {} 12 {}", hex("str"), hex("héllo"))).expect("line");
         let meta = meta.expect("described");
-        assert_eq!((i, meta.kind.as_str(), meta.length_chars, meta.preview.as_str()), (1, "str", 12, "héllo"));
+        assert_eq!(
+            (
+                i,
+                meta.kind.as_str(),
+                meta.length_chars,
+                meta.preview.as_str()
+            ),
+            (1, "str", 12, "héllo")
+        );
         let (i, error) = described(&format!("0 error {}", hex("Expecting value"))).expect("line");
-        assert_eq!((i, error.expect_err("error").as_str()), (0, "Expecting value"));
+        assert_eq!(
+            (i, error.expect_err("error").as_str()),
+            (0, "Expecting value")
+        );
         assert!(described("x y").is_none());
         assert!(described("0 zz 1 00").is_none());
     }

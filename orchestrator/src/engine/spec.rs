@@ -530,9 +530,10 @@ mod fuzz {
     use rlm_proto::rlm::v1::{CompletionLimits, ContextInput, SandboxLimits};
 
     fn duration() -> impl Strategy<Value = Option<prost_types::Duration>> {
-        proptest::option::of((any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| {
-            prost_types::Duration { seconds, nanos }
-        }))
+        proptest::option::of(
+            (any::<i64>(), any::<i32>())
+                .prop_map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+        )
     }
 
     fn spec() -> impl Strategy<Value = CompletionSpec> {
@@ -540,7 +541,12 @@ mod fuzz {
             proptest::option::of(any::<u32>()),
             any::<u32>(),
             any::<u64>(),
-            prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(-0.0)],
+            prop_oneof![
+                any::<f64>(),
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(-0.0)
+            ],
             any::<u32>(),
             proptest::option::of(any::<u32>()),
             duration(),
@@ -579,8 +585,8 @@ mod fuzz {
             )),
             proptest::collection::hash_map("\\PC{0,130}", "\\PC{0,8}", 0..3),
         )
-            .prop_map(|(prompt, contexts, root_model, limits, sandbox, metadata)| {
-                CompletionSpec {
+            .prop_map(
+                |(prompt, contexts, root_model, limits, sandbox, metadata)| CompletionSpec {
                     prompt,
                     contexts,
                     root_model,
@@ -588,8 +594,8 @@ mod fuzz {
                     sandbox,
                     metadata,
                     ..Default::default()
-                }
-            })
+                },
+            )
     }
 
     proptest! {
