@@ -72,6 +72,10 @@ pub struct Cli {
     /// [default: the agent's own uid].
     #[arg(long, env = "RLM_AGENT_ALLOWED_UIDS", value_name = "UIDS")]
     pub allowed_uids: Option<String>,
+    /// Comma-separated Python modules every session imports before it is ready
+    /// (paid in the warm pool, not in the first cell) [default: re,json].
+    #[arg(long, env = "RLM_AGENT_PRELOAD", value_name = "MODULES")]
+    pub preload: Option<String>,
     #[command(flatten)]
     pub service: ServiceArgs,
 }
@@ -102,11 +106,16 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Uids that may call over the Unix socket.
     pub allowed_uids: Vec<u32>,
+    /// Modules sessions import before they are ready.
+    pub preload: Vec<String>,
     pub service: ServiceSettings,
 }
 
 /// A tcp:// listener needs mutual TLS unless plaintext is explicitly allowed.
-fn listener_tls(settings: &Settings<'_>, listen: &Address) -> Result<Option<TlsFiles>, ConfigError> {
+fn listener_tls(
+    settings: &Settings<'_>,
+    listen: &Address,
+) -> Result<Option<TlsFiles>, ConfigError> {
     let files = tls::resolve(settings, "tls_cert", "tls_key", Some("tls_client_ca"))?;
     let insecure = settings.get("insecure_tcp", "false", "true, false", parse_bool)?;
     match (listen, files) {
@@ -162,27 +171,46 @@ impl Config {
             Address::parse,
         )?;
         Ok(Self {
-            tls: listener_tls(settings, &listen)?,
-            listen,
-            allowed_uids: settings.get(
-                "allowed_uids",
-                "",
-                "comma-separated uids",
+            preload: settings.get(
+                "preload",
+                "re,json",
+                "comma-separated module names such as re,json (empty for none)",
                 |v| {
-                    let uids: Result<Vec<u32>, String> = v
-                        .split(',')
+                    v.split(',')
                         .map(str::trim)
-                        .filter(|u| !u.is_empty())
-                        .map(|u| u.parse().map_err(|_| format!("{u} is not a uid")))
-                        .collect();
-                    let uids = uids?;
-                    Ok(if uids.is_empty() {
-                        vec![nix::unistd::geteuid().as_raw()]
-                    } else {
-                        uids
-                    })
+                        .filter(|m| !m.is_empty())
+                        .map(|m| {
+                            let valid = m.split('.').all(|part| {
+                                part.chars()
+                                    .next()
+                                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                            });
+                            if valid {
+                                Ok(m.to_owned())
+                            } else {
+                                Err(format!("{m:?} is not a module name"))
+                            }
+                        })
+                        .collect()
                 },
             )?,
+            tls: listener_tls(settings, &listen)?,
+            listen,
+            allowed_uids: settings.get("allowed_uids", "", "comma-separated uids", |v| {
+                let uids: Result<Vec<u32>, String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(|u| u.parse().map_err(|_| format!("{u} is not a uid")))
+                    .collect();
+                let uids = uids?;
+                Ok(if uids.is_empty() {
+                    vec![nix::unistd::geteuid().as_raw()]
+                } else {
+                    uids
+                })
+            })?,
             socket_mode: settings.get(
                 "socket_mode",
                 "600",

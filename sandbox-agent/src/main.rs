@@ -2,8 +2,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::UdsConnectInfo;
 use rlm_common::server::{self, Shutdown};
 use rlm_common::tls;
 use rlm_proto::rlm::sandbox::v1::sandbox_service_server::{SERVICE_NAME, SandboxServiceServer};
@@ -18,6 +16,8 @@ use rlm_sandbox_agent::session::launcher::{Isolation, Launcher, compile_driver};
 use rlm_sandbox_agent::session::limits::{Limits, Policy};
 use rlm_sandbox_agent::session::manager::Manager;
 use rlm_sandbox_agent::session::pool::Pool;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::UdsConnectInfo;
 
 fn main() -> std::process::ExitCode {
     server::run_main("rlm-sandbox-agent", Config::from_env, run)
@@ -49,7 +49,10 @@ fn build_launcher(config: &Config) -> anyhow::Result<(Launcher, StaticInfo)> {
         .with_context(|| format!("creating {}", root_mount.display()))?;
     let scratch_dir = config.data_dir.join("scratch");
     let driver = match compile_driver(&config.python, &config.data_dir.join("driver")) {
-        Ok(prepared) => Some(prepared),
+        Ok(mut prepared) => {
+            prepared.preload.clone_from(&config.preload);
+            Some(prepared)
+        }
         Err(err) => {
             tracing::warn!("running the REPL driver from source (slower session starts): {err}");
             None
@@ -163,7 +166,10 @@ fn peer_allowed(
     match info.peer_cred.map(|c| c.uid()) {
         Some(uid) if allowed.contains(&uid) => Ok(request),
         Some(uid) => {
-            tracing::warn!(uid, "refused a caller whose uid is not in RLM_AGENT_ALLOWED_UIDS");
+            tracing::warn!(
+                uid,
+                "refused a caller whose uid is not in RLM_AGENT_ALLOWED_UIDS"
+            );
             Err(tonic::Status::permission_denied(format!(
                 "uid {uid} may not use this agent (RLM_AGENT_ALLOWED_UIDS)"
             )))

@@ -45,6 +45,10 @@ pub struct Launcher {
 pub struct PreparedDriver {
     /// Host path of the marshalled driver.
     pub bin: PathBuf,
+    /// Modules imported before the driver runs (`RLM_AGENT_PRELOAD`), so
+    /// their import cost is paid while the session waits in the pool, not
+    /// in the first cell that needs them.
+    pub preload: Vec<String>,
     /// `sys.path` as the interpreter computes it with `site` (`.pth` files
     /// included). Sessions start with `-S` and this path, which saves the
     /// `site` import (~4 ms a start); executable lines of `.pth` files are not run.
@@ -92,6 +96,7 @@ pub fn compile_driver(
         return Ok(PreparedDriver {
             bin: path,
             sys_path,
+            preload: Vec::new(),
         });
     }
     let mut child = std::process::Command::new(python)
@@ -120,15 +125,17 @@ pub fn compile_driver(
     Ok(PreparedDriver {
         bin: path,
         sys_path,
+        preload: Vec::new(),
     })
 }
 
 /// The `-c` program that sets `sys.path` and loads the precompiled driver from `path`.
-fn bootstrap(path: &std::path::Path, sys_path: &[String]) -> String {
+fn bootstrap(path: &std::path::Path, sys_path: &[String], preload: &[String]) -> String {
     // A JSON list of strings is a valid Python list literal.
     let paths = serde_json::to_string(sys_path).unwrap_or_else(|_| "[]".to_owned());
+    let modules = serde_json::to_string(preload).unwrap_or_else(|_| "[]".to_owned());
     format!(
-        "import sys, marshal\nsys.path[:] = {paths}\nwith open({:?}, 'rb') as f: code = marshal.loads(f.read())\nexec(code)",
+        "import sys, marshal\nsys.path[:] = {paths}\nfor m in {modules}: __import__(m)\nwith open({:?}, 'rb') as f: code = marshal.loads(f.read())\nexec(code)",
         path.display().to_string()
     )
 }
@@ -253,9 +260,16 @@ impl Launcher {
             (None, _) => ("-IB", DRIVER_SOURCE.to_owned()),
             (Some(driver), Isolation::Full { .. }) => (
                 "-IBS",
-                bootstrap(std::path::Path::new(rootfs::DRIVER_PATH), &driver.sys_path),
+                bootstrap(
+                    std::path::Path::new(rootfs::DRIVER_PATH),
+                    &driver.sys_path,
+                    &driver.preload,
+                ),
             ),
-            (Some(driver), Isolation::None) => ("-IBS", bootstrap(&driver.bin, &driver.sys_path)),
+            (Some(driver), Isolation::None) => (
+                "-IBS",
+                bootstrap(&driver.bin, &driver.sys_path, &driver.preload),
+            ),
         };
         let args = vec![flags.to_owned(), "-c".to_owned(), program];
         let env = ENV.iter().map(|s| (*s).to_owned()).collect();

@@ -218,7 +218,9 @@ mod fuzz {
         let body = prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..256),
             "[ -~]{0,200}".prop_map(String::into_bytes),
-            Just(br#"{"id":1,"kind":"rlm","prompts":["p"],"contexts":[{"text":"c"},null]}"#.to_vec()),
+            Just(
+                br#"{"id":1,"kind":"rlm","prompts":["p"],"contexts":[{"text":"c"},null]}"#.to_vec()
+            ),
             Just(br#"{"id":18446744073709551615,"kind":"llm","prompts":[]}"#.to_vec()),
             Just(br#"{"final_called":true,"final_value":null,"error":{"type":1}}"#.to_vec()),
         ];
