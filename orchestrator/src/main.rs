@@ -72,7 +72,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_completions: config.max_completions,
     });
     let api = RlmApi {
-        engine,
+        engine: engine.clone(),
         per_key_limit: config.api_key_max_concurrent,
         sandbox: sandbox.clone(),
         metrics: metrics.clone(),
@@ -155,6 +155,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let served = server::serve(grpc, &listen, 0o600, shutdown.wait());
     let result =
         server::drain_with_deadline(served, &shutdown, config.service.drain.deadline).await;
+    // Completions still running after the drain are cancelled and their
+    // sessions destroyed before the process exits.
+    engine.shutdown(std::time::Duration::from_secs(10)).await;
     http.abort();
     tracing::info!("rlm-orchestrator stopped");
     telemetry.shutdown().await;

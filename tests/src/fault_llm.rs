@@ -7,6 +7,10 @@
 //! `/chat/completions`) either from a script (a queue of [`Reply`]s; the
 //! last one repeats) or from a handler computing the reply from the
 //! [`Request`]. Every request is recorded with its arrival time.
+//!
+//! Besides statuses, headers and delays, a reply can break the transport
+//! ([`BodyFault`]): send the headers and part of the body, then close the
+//! connection (a reset mid-body) or stall forever (a hung stream).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +19,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// Token estimate used for generated usage: ceil(chars / 4), at least 1
@@ -31,6 +36,26 @@ pub struct Reply {
     pub body: String,
     /// Slept before answering (a cancelled client drops the wait).
     pub delay: Duration,
+    /// What happens to the body on the wire (a clean reply by default).
+    pub fault: BodyFault,
+}
+
+/// How the body of a reply travels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BodyFault {
+    /// The whole body, then the response ends normally.
+    #[default]
+    None,
+    /// The headers (announcing the full `content-length`) and the first
+    /// `n` bytes of the body, then the connection is closed: the client
+    /// sees a body cut short (a connection reset mid-exchange).
+    CloseAfter(usize),
+    /// The headers and the first `n` bytes, then nothing, ever (the
+    /// connection stays open): a stalled stream.
+    StallAfter(usize),
+    /// The connection is closed before the response is flushed: the client
+    /// gets no status at all (a connection reset).
+    Reset,
 }
 
 impl Reply {
@@ -78,7 +103,13 @@ impl Reply {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_owned(),
             delay: Duration::ZERO,
+            fault: BodyFault::None,
         }
+    }
+
+    /// Never answers: not even the headers are sent (a server that hangs).
+    pub fn hang() -> Self {
+        Self::error(500, "fault_llm: hung").delay(Duration::from_secs(24 * 3600))
     }
 
     /// An OpenAI-style error: `{"error": {"message", "type", "code"}}`.
@@ -100,6 +131,27 @@ impl Reply {
 
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Sends the headers and the first `n` body bytes, then closes the
+    /// connection (see [`BodyFault::CloseAfter`]).
+    pub fn close_after(mut self, n: usize) -> Self {
+        self.fault = BodyFault::CloseAfter(n);
+        self
+    }
+
+    /// Closes the connection without answering (see [`BodyFault::Reset`]).
+    pub fn reset() -> Self {
+        let mut reply = Self::text("fault_llm: reset");
+        reply.fault = BodyFault::Reset;
+        reply
+    }
+
+    /// Sends the headers and the first `n` body bytes, then stalls forever
+    /// (see [`BodyFault::StallAfter`]).
+    pub fn stall_after(mut self, n: usize) -> Self {
+        self.fault = BodyFault::StallAfter(n);
         self
     }
 }
@@ -344,7 +396,46 @@ async fn handle(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut response = Response::new(axum::body::Body::from(reply.body));
+    let full_length = reply.body.len();
+    let mut response = match reply.fault {
+        BodyFault::None => Response::new(axum::body::Body::from(reply.body)),
+        BodyFault::Reset => {
+            // The body fails before the server flushed the head it buffered,
+            // so it drops the connection with nothing sent.
+            let body = futures::stream::once(async {
+                Err::<Bytes, _>(std::io::Error::other("fault_llm: connection reset"))
+            });
+            Response::new(axum::body::Body::from_stream(body))
+        }
+        BodyFault::CloseAfter(n) | BodyFault::StallAfter(n) => {
+            let mut head = reply.body.into_bytes();
+            head.truncate(n);
+            let head = futures::stream::iter(
+                (!head.is_empty()).then(|| Ok::<_, std::io::Error>(Bytes::from(head))),
+            );
+            let body = match reply.fault {
+                // A body stream that fails makes the server abort the
+                // connection with the body incomplete.
+                BodyFault::CloseAfter(_) => head
+                    .chain(futures::stream::once(async {
+                        // Pending first, so the server flushes what it has:
+                        // the client gets the headers and the bytes sent.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err(std::io::Error::other(
+                            "fault_llm: connection closed mid-body",
+                        ))
+                    }))
+                    .boxed(),
+                _ => head.chain(futures::stream::pending()).boxed(),
+            };
+            let mut response = Response::new(axum::body::Body::from_stream(body));
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_LENGTH,
+                HeaderValue::from(full_length),
+            );
+            response
+        }
+    };
     *response.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in &reply.headers {
@@ -401,6 +492,56 @@ mod tests {
         assert_eq!(seen.len(), 4);
         assert_eq!(seen[0].first_user(), "hi");
         assert!(seen[1].at >= seen[0].at);
+    }
+
+    #[tokio::test]
+    async fn body_faults_break_the_transport() {
+        let server = FaultLlm::scripted(vec![
+            Reply::text("FINAL(cut)").close_after(20),
+            Reply::text("FINAL(stalled)").stall_after(20),
+            Reply::hang(),
+            Reply::reset(),
+        ])
+        .await;
+        let client = reqwest::Client::new();
+        let url = format!("{}/chat/completions", server.base_url());
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+
+        let cut = client.post(&url).json(&body).send().await.expect("headers");
+        assert_eq!(cut.status().as_u16(), 200);
+        let err = cut.bytes().await.expect_err("the body is cut short");
+        assert!(!err.is_timeout(), "{err:?}");
+
+        let stalled = reqwest::Client::new()
+            .post(&url)
+            .json(&body)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await
+            .expect("headers");
+        assert_eq!(stalled.status().as_u16(), 200);
+        let started = Instant::now();
+        let err = stalled.bytes().await.expect_err("the body stalls");
+        assert!(err.is_timeout(), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        let err = client
+            .post(&url)
+            .json(&body)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await
+            .expect_err("no headers ever");
+        assert!(err.is_timeout(), "{err:?}");
+
+        let err = reqwest::Client::new()
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .expect_err("reset: no response");
+        assert!(!err.is_timeout() && err.status().is_none(), "{err:?}");
+        assert_eq!(server.request_count(), 4);
     }
 
     #[tokio::test]

@@ -249,16 +249,18 @@ pub async fn wait_serving(address: &str, service: &Service) -> Channel {
 
 /// An agent and an orchestrator wired together in a temporary directory.
 pub struct Stack {
-    pub dir: tempfile::TempDir,
     pub agent: Service,
     pub orchestrator: Service,
     pub agent_address: String,
     pub grpc_address: String,
     pub http_address: String,
+    /// Dropped last: the services' logs, printed when a test fails, live here.
+    pub dir: tempfile::TempDir,
 }
 
 impl Stack {
-    /// Starts both services; `extra_env` is added to both.
+    /// Starts both services; `extra_env` is added to both (it may override
+    /// the short `RLM_SHUTDOWN_ANNOUNCE` of 300 ms the stack uses).
     pub async fn start(extra_env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let agent_address = format!("unix://{}", dir.path().join("run/sandbox.sock").display());
@@ -275,7 +277,9 @@ impl Stack {
             "RLM_AGENT_DATA_DIR".into(),
             dir.path().join("agent").display().to_string(),
         );
-        agent_env.insert("RLM_SHUTDOWN_ANNOUNCE".into(), "300ms".into());
+        agent_env
+            .entry("RLM_SHUTDOWN_ANNOUNCE".into())
+            .or_insert_with(|| "300ms".into());
         let agent = Service::start("rlm-sandbox-agent", dir.path(), &agent_env, &[]);
 
         let mut orchestrator_env = extra;
@@ -286,7 +290,9 @@ impl Stack {
             "RLM_LOG_DIR".into(),
             dir.path().join("trajectories").display().to_string(),
         );
-        orchestrator_env.insert("RLM_SHUTDOWN_ANNOUNCE".into(), "300ms".into());
+        orchestrator_env
+            .entry("RLM_SHUTDOWN_ANNOUNCE".into())
+            .or_insert_with(|| "300ms".into());
         let orchestrator = Service::start("rlm-orchestrator", dir.path(), &orchestrator_env, &[]);
 
         wait_serving(&agent_address, &agent).await;

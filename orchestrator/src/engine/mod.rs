@@ -432,11 +432,7 @@ impl Engine {
             } else {
                 NodeEnd::Stopped {
                     reason: TerminationReason::Cancelled,
-                    detail: lock(&reason).clone().unwrap_or_else(|| if self.shared.stopping.is_cancelled() {
-                        "cancelled: the server is shutting down".to_owned()
-                    } else {
-                        "cancelled by the client".to_owned()
-                    }),
+                    detail: lock(&reason).clone().unwrap_or_else(|| self.unexplained_cancel()),
                     partial: lock(&tree.root_last_reply).clone(),
                 }
             },
@@ -447,6 +443,15 @@ impl Engine {
         // running cells); idle sessions are destroyed once the result is out.
         let iterations = root.budget.node_iterations();
         self.finish(&tree, (end, iterations))
+    }
+
+    /// Why a completion was cancelled when CancelCompletion gave no reason.
+    fn unexplained_cancel(&self) -> String {
+        if self.shared.stopping.is_cancelled() {
+            "cancelled: the server is shutting down".to_owned()
+        } else {
+            "cancelled by the client".to_owned()
+        }
     }
 
     fn finish(&self, tree: &Tree, (end, iterations): (NodeEnd, u32)) -> CompletionResult {

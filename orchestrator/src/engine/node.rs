@@ -519,11 +519,18 @@ impl Node {
         match result {
             Ok(_) => Ok(text),
             // No time was left for the call: that is the completion's timeout.
-            Err(ModelError::DeadlineExceeded { .. }) => Err(CallError::Budget(
-                self.budget
-                    .exhausted()
-                    .unwrap_or_else(|| Exhausted::timeout(error)),
-            )),
+            Err(ModelError::DeadlineExceeded { .. })
+                if Instant::now() + super::DEADLINE_SLACK >= self.tree.deadline =>
+            {
+                Err(CallError::Budget(
+                    self.budget
+                        .exhausted()
+                        .unwrap_or_else(|| Exhausted::timeout(error)),
+                ))
+            }
+            // Time is left, but the retry the server asked for (a long
+            // Retry-After) or the back-off would end past the deadline: the
+            // model failed, the completion did not time out.
             Err(_) => {
                 self.tree.shared.metrics.count_error("model");
                 Err(CallError::Model(error))
