@@ -38,29 +38,66 @@ impl Pki {
         openssl(
             dir,
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=rlm test CA",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=rlm test CA",
             ],
         );
         for (name, ext) in [
-            ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
             ("client", "extendedKeyUsage=clientAuth\n"),
         ] {
             std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
             openssl(
                 dir,
                 &[
-                    "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj",
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
                     &format!("/CN={name}"),
                 ],
             );
             openssl(
                 dir,
                 &[
-                    "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey",
-                    "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2",
-                    "-extfile", &format!("{name}.ext"),
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
                 ],
             );
         }
@@ -130,10 +167,15 @@ async fn plaintext_tcp_agent_is_refused_unless_allowed() {
     let address = format!("tcp://127.0.0.1:{}", free_port());
     let base = [
         ("RLM_AGENT_LISTEN", address.clone()),
-        ("RLM_AGENT_DATA_DIR", dir.path().join("data").display().to_string()),
+        (
+            "RLM_AGENT_DATA_DIR",
+            dir.path().join("data").display().to_string(),
+        ),
     ];
     let mut agent = Service::start("rlm-sandbox-agent", dir.path(), &env(&base), &[]);
-    let status = agent.wait_exit(Duration::from_secs(20)).expect("agent exits");
+    let status = agent
+        .wait_exit(Duration::from_secs(20))
+        .expect("agent exits");
     assert_eq!(status.code(), Some(2), "log:\n{}", agent.log_text());
     let log = agent.log_text();
     assert!(
@@ -180,7 +222,10 @@ async fn mutual_tls_end_to_end() {
         dir.path(),
         &env(&[
             ("RLM_AGENT_LISTEN", format!("tcp://{agent_address}")),
-            ("RLM_AGENT_DATA_DIR", dir.path().join("data").display().to_string()),
+            (
+                "RLM_AGENT_DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
             ("RLM_AGENT_TLS_CERT", pki.path("server.pem")),
             ("RLM_AGENT_TLS_KEY", pki.path("server.key")),
             ("RLM_AGENT_TLS_CLIENT_CA", pki.path("ca.pem")),
@@ -194,7 +239,10 @@ async fn mutual_tls_end_to_end() {
         Ok(channel) => health_status(channel, "").await.is_err(),
         Err(_) => true,
     };
-    assert!(anonymous, "the agent answered a client without a certificate");
+    assert!(
+        anonymous,
+        "the agent answered a client without a certificate"
+    );
     let plain = match channel(&agent_address).await {
         Ok(channel) => health_status(channel, "").await.is_err(),
         Err(_) => true,
@@ -254,7 +302,10 @@ async fn unix_socket_callers_are_checked_by_uid() {
         dir.path(),
         &env(&[
             ("RLM_AGENT_LISTEN", address.clone()),
-            ("RLM_AGENT_DATA_DIR", dir.path().join("data").display().to_string()),
+            (
+                "RLM_AGENT_DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
             ("RLM_AGENT_ALLOWED_UIDS", "4242".to_owned()),
         ]),
         &[],
