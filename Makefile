@@ -1,7 +1,11 @@
-# The two commands of the README: `make up` (start the system) and `make test`.
+# The two commands of the README: `make demo` (the main job, offline) and `make test`.
 CARGO ?= cargo
 
-.PHONY: up build test lint fmt
+.PHONY: demo up build test lint fmt
+
+## Build, start both services, run a recursive completion offline (scripted model), stop.
+demo:
+	./scripts/demo.sh
 
 ## Build and start the sandbox agent and the orchestrator on localhost (Ctrl-C stops both).
 up:
