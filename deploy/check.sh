@@ -14,7 +14,11 @@
 #      and the files agree with each other (selectors, ports, volumes, socket,
 #      capabilities, secrets...);
 #   6. when kubectl is installed: `kubectl kustomize` renders deploy/k8s, alone
-#      and with components/tls, and the output passes kubernetes-validate too.
+#      and with components/tls, and the DaemonSet + mutual TLS variant
+#      (components/daemonset-mtls) alone, with components/tls and with its
+#      cert-manager component; every output passes kubernetes-validate too
+#      (cert-manager's custom resources, whose schemas it lacks, are left to
+#      check_deploy.py).
 # The runtime side (the binaries started with the manifests' environments and
 # privileges) is tests/tests/deploy_env.rs, part of `make test`.
 set -euo pipefail
@@ -81,23 +85,53 @@ done
 step "consistency (deploy/tools/check_deploy.py)"
 "$bin/python" "$deploy/tools/check_deploy.py"
 
-step "kustomize build (the base, and the base with components/tls)"
-if command -v kubectl >/dev/null; then
-  overlay="$venv/tls-check"
-  mkdir -p "$overlay"
+step "kustomize build (the base, with components/tls, and the daemonset-mtls variant)"
+# overlay DIR COMPONENT...: an overlay of deploy/k8s with these components in
+# deploy/.venv/DIR. The variant's DaemonSet joins after deploy/k8s has set its
+# images, so its overlays set the agent's image as a user's overlay would.
+overlay() {
+  local dir="$venv/$1" list="" component
+  shift
+  for component in "$@"; do list="${list:+$list, }../../k8s/components/$component"; done
+  mkdir -p "$dir"
   printf '%s\n' "apiVersion: kustomize.config.k8s.io/v1beta1" "kind: Kustomization" \
-    "resources: [../../k8s]" "components: [../../k8s/components/tls]" >"$overlay/kustomization.yaml"
-  for target in "$deploy/k8s" "$overlay"; do
+    "resources: [../../k8s]" "components: [$list]" >"$dir/kustomization.yaml"
+  case " $* " in
+    *" daemonset-mtls "*)
+      printf '%s\n' "images:" "  - name: rlm-sandbox-agent" \
+        "    newName: registry.example.com/rlm/rlm-sandbox-agent" "    newTag: 0.1.0" >>"$dir/kustomization.yaml" ;;
+  esac
+  echo "$dir"
+}
+if command -v kubectl >/dev/null; then
+  targets=(
+    "$deploy/k8s"
+    "$(overlay tls-check tls)"
+    "$(overlay daemonset-mtls-check daemonset-mtls)"
+    "$(overlay daemonset-mtls-tls-check tls daemonset-mtls)"
+    "$(overlay daemonset-mtls-cert-manager-check daemonset-mtls daemonset-mtls-cert-manager)"
+  )
+  for target in "${targets[@]}"; do
     rendered="$(mktemp)"
     kubectl kustomize "$target" >"$rendered"
+    # cert-manager.io objects aside: kubernetes-validate has no schema for them.
+    custom="$("$bin/python" -c '
+import sys, yaml
+documents = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+core = [d for d in documents if not d["apiVersion"].startswith("cert-manager.io/")]
+yaml.safe_dump_all(core, open(sys.argv[1], "w"), sort_keys=False)
+print(len(documents) - len(core))
+' "$rendered")"
     for version in "${k8s_versions[@]}"; do
       "$bin/kubernetes-validate" --strict --quiet -k "$version" "$rendered"
     done
-    echo "ok -- kubectl kustomize ${target#"$repo"/}: $(grep -c '^kind:' "$rendered") objects, valid against ${k8s_versions[*]}"
+    note=""
+    [ "$custom" = 0 ] || note=" (+ $custom cert-manager.io objects, checked by check_deploy.py)"
+    echo "ok -- kubectl kustomize ${target#"$repo"/}: $(grep -c '^kind:' "$rendered") objects, valid against ${k8s_versions[*]}$note"
     rm -f "$rendered"
   done
 else
-  echo "skipped: kubectl is not installed (check_deploy.py checked the resource list; components/tls is not rendered)"
+  echo "skipped: kubectl is not installed (check_deploy.py checked the resource list and the variant as manifests.py renders it; the components are not rendered by kustomize)"
 fi
 
 echo "deploy/check.sh: all checks passed"

@@ -19,11 +19,26 @@ Run by deploy/check.sh after the schema checks. Exits 1 listing every problem:
   both           compose and the Deployment grant the agent the same capabilities
                  and agree on the socket, its mode and the data/log directories;
                  the seccomp profile denies nothing isolation needs.
+  daemonset-mtls the variant deploy/k8s + components/daemonset-mtls: manifests.py
+                 renders it as `kubectl kustomize` does (when kubectl is
+                 installed); the agents are a DaemonSet without host network or
+                 host ports, with exactly the sidecar's securityContext, TCP
+                 probes and mutual TLS from Secret files; the node-local Service
+                 (internalTrafficPolicy Local) targets their port; the
+                 orchestrators have no sidecar, dial that Service's address with
+                 the Service's DNS name as TLS server name, are ready only when
+                 /health is; the NetworkPolicies admit only orchestrator pods to
+                 the agent port; the injected Service variables are no setting;
+                 the optional cert-manager component issues the mounted Secrets.
 """
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -255,7 +270,7 @@ def check_components():
     documented = readme_variables()
     for patch in sorted((DEPLOY / "k8s" / "components").glob("*/*.yaml")):
         for document in yaml.safe_load_all(patch.read_text()):
-            if not document or document.get("kind") != "Deployment":
+            if not document or document.get("kind") not in ("Deployment", "DaemonSet"):
                 continue
             pod = document["spec"]["template"]["spec"]
             for container in pod.get("containers", []) + pod.get("initContainers", []):
@@ -263,6 +278,213 @@ def check_components():
                     check(item["name"] in documented, f"{patch.relative_to(DEPLOY)}: {item['name']} is not in README.md's table")
         kustomization = patch.parent / "kustomization.yaml"
         check(kustomization.is_file(), f"{patch.parent.relative_to(DEPLOY)} has no kustomization.yaml")
+
+
+def kubectl_render(components):
+    """`kubectl kustomize` of an overlay {resources: [deploy/k8s], components};
+    None when kubectl (or deploy/.venv, where the overlay goes) is missing."""
+    venv = DEPLOY / ".venv"
+    if not shutil.which("kubectl") or not venv.is_dir():
+        return None
+    with tempfile.TemporaryDirectory(dir=venv) as overlay:
+        relative = lambda path: os.path.relpath(path, overlay)  # noqa: E731
+        (Path(overlay) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [relative(DEPLOY / "k8s")],
+            "components": [relative(DEPLOY / "k8s" / "components" / c) for c in components],
+        }))
+        output = subprocess.run(["kubectl", "kustomize", overlay], capture_output=True, text=True)
+    if output.returncode != 0:
+        problems.append(f"kubectl kustomize with {components}: {output.stderr.strip()}")
+        return None
+    return [d for d in yaml.safe_load_all(output.stdout) if d]
+
+
+def service_env_prefix(name):
+    return name.upper().replace("-", "_")
+
+
+def service_link_names(name, spec):
+    """The variables the kubelet injects for a Service (enableServiceLinks)."""
+    prefix = service_env_prefix(name)
+    names = {f"{prefix}_SERVICE_HOST", f"{prefix}_SERVICE_PORT", f"{prefix}_PORT"}
+    for port in spec.get("ports", []):
+        if port.get("name"):
+            names.add(f"{prefix}_SERVICE_PORT_{service_env_prefix(port['name'])}")
+        base = f"{prefix}_PORT_{port['port']}_{port.get('protocol', 'TCP')}"
+        names.update({base, f"{base}_PROTO", f"{base}_PORT", f"{base}_ADDR"})
+    return names
+
+
+def secret_file(pod, container, path):
+    """(Secret name, key) of the file `path` if a read-only Secret volume holds it."""
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        volume = next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), {})
+        secret = volume.get("secret")
+        if not secret or not mount.get("readOnly"):
+            return None
+        for item in secret.get("items", []):
+            if item["path"] == path[len(prefix):]:
+                return secret["secretName"], item["key"]
+    return None
+
+
+def check_daemonset_mtls():
+    name = "daemonset-mtls"
+    documents = manifests.render(manifests.VARIANTS[name])
+    rendered = kubectl_render(manifests.VARIANTS[name])
+    if rendered is not None:
+        ours = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+        theirs = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
+        check(sorted(ours) == sorted(theirs), f"{name}: manifests.py renders {sorted(ours)}, kubectl {sorted(theirs)}")
+        for key in theirs:
+            check(ours.get(key) == theirs[key], f"{name}: manifests.py renders {key} unlike `kubectl kustomize`")
+    by_kind = {}
+    for document in documents:
+        by_kind.setdefault(document["kind"], []).append(document)
+        check(document["kind"] in manifests.CLUSTER_SCOPED or document["metadata"].get("namespace") == "rlm",
+              f"{name}: {document['kind']} {document['metadata']['name']} is not in namespace rlm")
+    namespace = "rlm"
+    daemonsets, deployments = by_kind.get("DaemonSet", []), by_kind.get("Deployment", [])
+    check(len(daemonsets) == 1 and len(deployments) == 1, f"{name}: not one DaemonSet and one Deployment")
+    if len(daemonsets) != 1 or len(deployments) != 1:
+        return
+    daemonset, deployment = daemonsets[0], deployments[0]
+    agent_pod, orchestrator_pod = daemonset["spec"]["template"]["spec"], deployment["spec"]["template"]["spec"]
+    agent_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    orchestrator_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    check(selects(daemonset["spec"]["selector"]["matchLabels"], agent_labels), f"{name}: DaemonSet selector does not match its pods")
+    check(not selects(deployment["spec"]["selector"]["matchLabels"], agent_labels), f"{name}: the Deployment's selector matches the agent pods")
+
+    # The agent: no host network or ports, the sidecar's privileges, TCP + mutual TLS.
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        check(not agent_pod.get(key), f"{name}: the agent pod sets {key}")
+    check(agent_pod.get("automountServiceAccountToken") is False, f"{name}: the agent pod mounts a service-account token")
+    check(agent_pod.get("enableServiceLinks") is False, f"{name}: the agent pod gets Service variables")
+    agents = [c for c in agent_pod["containers"] if c["name"] == "sandbox-agent"]
+    check(len(agents) == 1 and not agent_pod.get("initContainers"), f"{name}: the DaemonSet is not the sandbox-agent container alone")
+    if len(agents) != 1:
+        return
+    agent = agents[0]
+    check(agent["image"].split(":")[0] == "rlm-sandbox-agent", f"{name}: the DaemonSet's image is not rlm-sandbox-agent (an overlay's `images` sets it)")
+    sidecar = manifests.load_kubernetes()["containers"]["sandbox-agent"]["securityContext"]
+    check(agent.get("securityContext") == sidecar, f"{name}: the agent's securityContext differs from the sidecar's")
+    check(all("hostPort" not in p for p in agent.get("ports", [])), f"{name}: the agent uses a hostPort")
+    ports = {p["name"]: p["containerPort"] for p in agent.get("ports", [])}
+    env = {e["name"]: e.get("value") for e in agent.get("env", [])}
+    listen = env.get("RLM_AGENT_LISTEN", "")
+    check(re.fullmatch(r"tcp://0\.0\.0\.0:\d+", listen) is not None, f"{name}: RLM_AGENT_LISTEN={listen} is not tcp://0.0.0.0:PORT")
+    agent_port = int(listen.rsplit(":", 1)[1]) if ":" in listen else None
+    check(agent_port in ports.values(), f"{name}: the agent listens on {agent_port}, not a declared containerPort")
+    check(str(env.get("RLM_AGENT_INSECURE_TCP", "false")).lower() in ("false", "0", "no", "off"), f"{name}: the agent serves plaintext TCP")
+    agent_secrets = set()
+    for key in ("RLM_AGENT_TLS_CERT", "RLM_AGENT_TLS_KEY", "RLM_AGENT_TLS_CLIENT_CA"):
+        found = secret_file(agent_pod, agent, env.get(key) or "")
+        check(found is not None, f"{name}: {key} is not a file of a read-only Secret volume")
+        if found:
+            agent_secrets.add(found[0])
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = agent.get(kind, {})
+        port = probe.get("tcpSocket", {}).get("port")
+        check(ports.get(port, port) == agent_port, f"{name}: the agent's {kind} is not a tcpSocket check of its port (gRPC probes cannot do mutual TLS)")
+    check("limits" in agent.get("resources", {}), f"{name}: the agent has no resource limits")
+
+    # The node-local Service.
+    services = [s for s in by_kind.get("Service", []) if selects(s["spec"].get("selector"), agent_labels)]
+    check(len(services) == 1, f"{name}: not exactly one Service selects the agent pods")
+    if len(services) != 1:
+        return
+    service = services[0]
+    service_name = service["metadata"]["name"]
+    check(service["spec"].get("internalTrafficPolicy") == "Local", f"{name}: Service {service_name} is not internalTrafficPolicy: Local")
+    check(not selects(service["spec"]["selector"], orchestrator_labels), f"{name}: Service {service_name} also selects orchestrators")
+    service_ports = service["spec"]["ports"]
+    check(len(service_ports) == 1, f"{name}: Service {service_name} must have one port (its _SERVICE_PORT variable)")
+    target = service_ports[0].get("targetPort")
+    check(ports.get(target, target) == agent_port, f"{name}: Service {service_name} does not target the agent's port")
+
+    # The orchestrators: no sidecar, the Service's address, mutual TLS, readiness on /health.
+    containers = orchestrator_pod.get("containers", []) + orchestrator_pod.get("initContainers", [])
+    check([c["name"] for c in containers] == ["orchestrator"], f"{name}: the Deployment still has {[c['name'] for c in containers]}")
+    check(all(v["name"] not in ("run", "agent-data") for v in orchestrator_pod.get("volumes", [])), f"{name}: the Deployment keeps the sidecar's volumes")
+    check(orchestrator_pod.get("enableServiceLinks") is True, f"{name}: no Service variables: RLM_SANDBOX_ENDPOINT cannot be resolved")
+    orchestrator = next(c for c in containers if c["name"] == "orchestrator")
+    oenv = {e["name"]: e.get("value") for e in orchestrator.get("env", [])}
+    prefix = service_env_prefix(service_name)
+    check(oenv.get("RLM_SANDBOX_ENDPOINT") == f"tcp://$({prefix}_SERVICE_HOST):$({prefix}_SERVICE_PORT)",
+          f"{name}: RLM_SANDBOX_ENDPOINT is not Service {service_name}'s address")
+    check(oenv.get("RLM_SANDBOX_TLS_SERVER_NAME") == f"{service_name}.{namespace}.svc",
+          f"{name}: RLM_SANDBOX_TLS_SERVER_NAME is not {service_name}.{namespace}.svc")
+    check(str(oenv.get("RLM_SANDBOX_INSECURE", "false")).lower() in ("false", "0", "no", "off", ""), f"{name}: the orchestrator talks plaintext")
+    client_secrets = set()
+    for key in ("RLM_SANDBOX_TLS_CA", "RLM_SANDBOX_TLS_CERT", "RLM_SANDBOX_TLS_KEY"):
+        found = secret_file(orchestrator_pod, orchestrator, oenv.get(key) or "")
+        check(found is not None, f"{name}: {key} is not a file of a read-only Secret volume")
+        if found:
+            client_secrets.add(found[0])
+    check(len(agent_secrets) == 1 and len(client_secrets) == 1 and agent_secrets != client_secrets,
+          f"{name}: the agents' and the orchestrators' certificates must each come from one Secret of their own")
+    readiness = orchestrator.get("readinessProbe", {})
+    check(readiness.get("httpGet", {}).get("path") == "/health" and "grpc" not in readiness,
+          f"{name}: the orchestrator's readiness is not /health (the only probe that reaches the agent)")
+    check(orchestrator.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/health",
+          f"{name}: the orchestrator's liveness follows the agent (a missing agent would restart it)")
+    documented = readme_variables()
+    for other in by_kind.get("Service", []):
+        clash = service_link_names(other["metadata"]["name"], other["spec"]) & documented
+        check(not clash, f"{name}: Service {other['metadata']['name']} injects variables that are settings: {sorted(clash)}")
+
+    # Network policies: only orchestrators reach the agent port; orchestrators may.
+    policies = by_kind.get("NetworkPolicy", [])
+    agent_policies = [p for p in policies if selects(p["spec"]["podSelector"].get("matchLabels"), agent_labels)]
+    check(len(agent_policies) == 1, f"{name}: not exactly one NetworkPolicy selects the agent pods")
+    for policy in agent_policies:
+        check(set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}, f"{name}: the agents' NetworkPolicy must restrict both directions")
+        ingress = policy["spec"].get("ingress", [])
+        check(ingress, f"{name}: the agents' NetworkPolicy admits nobody")
+        for rule in ingress:
+            peers = rule.get("from", [])
+            check(peers and all(set(peer) == {"podSelector"} and selects(peer["podSelector"].get("matchLabels"), orchestrator_labels)
+                                and not selects(peer["podSelector"].get("matchLabels"), agent_labels) for peer in peers),
+                  f"{name}: the agents' NetworkPolicy admits more than orchestrator pods of the namespace")
+            check(rule.get("ports") and all(ports.get(p["port"], p["port"]) == agent_port for p in rule["ports"]),
+                  f"{name}: the agents' NetworkPolicy opens more than the agent port")
+        for rule in policy["spec"].get("egress", []):
+            check(rule.get("ports"), f"{name}: an agent egress rule without ports opens every port")
+    orchestrator_policies = [p for p in policies if selects(p["spec"]["podSelector"].get("matchLabels"), orchestrator_labels)]
+    check(any(
+        any(selects(peer.get("podSelector", {}).get("matchLabels"), agent_labels) for peer in rule.get("to", []))
+        and any(p["port"] == agent_port for p in rule.get("ports", []))
+        for policy in orchestrator_policies for rule in policy["spec"].get("egress", [])
+    ), f"{name}: the orchestrators' NetworkPolicy does not let them reach the agent port")
+
+    # The optional cert-manager component issues exactly the mounted Secrets.
+    directory = DEPLOY / "k8s" / "components" / "daemonset-mtls-cert-manager"
+    issued = manifests.kustomize([], yaml.safe_load((directory / "kustomization.yaml").read_text()), directory)
+    certificates = {c["spec"]["secretName"]: c for c in issued if c["kind"] == "Certificate"}
+    issuers = {i["metadata"]["name"]: i for i in issued if i["kind"] == "Issuer"}
+    for document in issued:
+        check(document["apiVersion"] == "cert-manager.io/v1" and document["metadata"].get("namespace") == namespace,
+              f"cert-manager component: {document['kind']} {document['metadata']['name']} is not cert-manager.io/v1 in {namespace}")
+    (agent_secret,), (client_secret,) = agent_secrets or {None}, client_secrets or {None}
+    server, client = certificates.get(agent_secret), certificates.get(client_secret)
+    check(server is not None and client is not None, f"cert-manager component: no Certificate for {agent_secret} and {client_secret}")
+    if server and client:
+        check(f"{service_name}.{namespace}.svc" in server["spec"].get("dnsNames", []), "cert-manager component: the agents' certificate does not name the Service")
+        check("server auth" in server["spec"].get("usages", []) and "client auth" not in server["spec"].get("usages", []),
+              "cert-manager component: the agents' certificate is not for server auth only")
+        check("client auth" in client["spec"].get("usages", []) and "server auth" not in client["spec"].get("usages", []),
+              "cert-manager component: the orchestrators' certificate is not for client auth only")
+        check(server["spec"]["issuerRef"] == client["spec"]["issuerRef"], "cert-manager component: the two certificates come from different issuers (each side's ca.crt must be the other's CA)")
+        ca = issuers.get(server["spec"]["issuerRef"]["name"], {}).get("spec", {}).get("ca", {})
+        check(ca.get("secretName") in certificates and certificates[ca["secretName"]]["spec"].get("isCA") is True,
+              "cert-manager component: the issuer is not a CA issued by the component")
+    if rendered is not None:
+        print(f"{name}: manifests.py renders it as `kubectl kustomize` does ({len(documents)} objects)")
 
 
 def main():
@@ -273,6 +495,7 @@ def main():
     check_images(facts)
     check_both(facts)
     check_components()
+    check_daemonset_mtls()
     if problems:
         print("deploy/tools/check_deploy.py: %d problem(s):" % len(problems))
         for problem in problems:

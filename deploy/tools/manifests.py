@@ -14,7 +14,17 @@ deploy/tools/check_deploy.py:
                   "containers": {NAME: {"environment": {K: V}, "secrets": {K: "secret/key"},
                                         "capabilities": [...], "securityContext": {...},
                                         "probes": {KIND: {...}}, "mounts": {...},
-                                        "sidecar": bool}}}}
+                                        "sidecar": bool}}},
+   "variants": {NAME: {"components": [...], "namespace": NS,
+                       "objects": [{"kind", "name", "namespace"}],
+                       "services": {NAME: spec}, "networkPolicies": {NAME: spec},
+                       "workloads": {KIND: {NAME: {"labels": {...}, "pod": {...},
+                                                   "containers": {NAME: {...}}}}}}}}
+
+A variant is deploy/k8s with some of its components (VARIANTS below), rendered
+here the way `kubectl kustomize` renders an overlay of them (render(): the
+subset of kustomize the components use; check_deploy.py compares the two
+whenever kubectl is installed), so the tests need no kubectl.
 
 Compose `${VAR}` forms are resolved as `docker compose` does with an empty
 environment: `${VAR:-default}` / `${VAR-default}` give the default, `${VAR}`
@@ -22,6 +32,7 @@ gives "", `$$` is a literal `$`; `${VAR:?message}` with VAR unset is an error.
 Needs PyYAML.
 """
 
+import copy
 import json
 import re
 import shlex
@@ -256,9 +267,170 @@ def load_kubernetes():
     }
 
 
+# Variants: deploy/k8s plus these components (under deploy/k8s/components/).
+VARIANTS = {"daemonset-mtls": ["daemonset-mtls"]}
+
+# Kinds kustomize's namespace transformer leaves alone (among those used here).
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ClusterIssuer", "PriorityClass"}
+
+# Strategic-merge keys of the lists the components patch (as in the API's
+# patchMergeKey); other lists are replaced whole.
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+}
+
+
+def strategic_merge(base, patch):
+    """A strategic-merge patch as kustomize applies it: maps merge, `null`
+    deletes a key, lists with a merge key merge by it (`$patch: delete` drops
+    an item; patched and added items come first, in the patch's order, then
+    the untouched ones), other lists are replaced."""
+    result = copy.deepcopy(base)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = strategic_merge(result[key], value)
+        elif isinstance(value, list) and key in MERGE_KEYS and isinstance(result.get(key), list):
+            merge_key = MERGE_KEYS[key]
+            old = {item[merge_key]: item for item in result[key]}
+            merged, touched = [], set()
+            for item in value:
+                touched.add(item[merge_key])
+                if item.get("$patch") == "delete":
+                    continue
+                merged.append(strategic_merge(old[item[merge_key]], item) if item[merge_key] in old else copy.deepcopy(item))
+            merged += [item for item in result[key] if item[merge_key] not in touched]
+            result[key] = merged
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def json_patch(document, operations):
+    """RFC 6902 `add`, `replace` and `remove` (what the components use)."""
+    for operation in operations:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in operation["path"].split("/")[1:]]
+        node = document
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        op = operation["op"]
+        if isinstance(node, list):
+            index = len(node) if last == "-" else int(last)
+            if op == "add":
+                node.insert(index, copy.deepcopy(operation["value"]))
+            elif op == "replace":
+                node[index] = copy.deepcopy(operation["value"])
+            elif op == "remove":
+                del node[index]
+            else:
+                raise SystemExit(f"json patch: unsupported op {op}")
+        elif op in ("add", "replace"):
+            node[last] = copy.deepcopy(operation["value"])
+        elif op == "remove":
+            del node[last]
+        else:
+            raise SystemExit(f"json patch: unsupported op {op}")
+    return document
+
+
+def targets(document, target):
+    return all(
+        (document["metadata"]["name"] if key == "name" else document.get(key)) == value
+        for key, value in target.items()
+    )
+
+
+def set_images(document, images):
+    pod = document.get("spec", {}).get("template", {}).get("spec", {})
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        name = re.split(r"[:@]", container["image"], maxsplit=1)[0]
+        tag = container["image"][len(name) :]
+        for entry in images:
+            if entry["name"] == name:
+                container["image"] = entry.get("newName", name) + (f":{entry['newTag']}" if "newTag" in entry else tag)
+
+
+def kustomize(documents, kustomization, directory):
+    """Adds a kustomization's (or component's) resources and applies its
+    patches, then its namespace and images, to `documents`."""
+    own = []
+    for resource in kustomization.get("resources", []):
+        own += [d for d in yaml.safe_load_all((directory / resource).read_text()) if d]
+    documents = documents + own
+    for entry in kustomization.get("patches", []):
+        patch = yaml.safe_load((directory / entry["path"]).read_text() if "path" in entry else entry["patch"])
+        for i, document in enumerate(documents):
+            if targets(document, entry["target"]):
+                documents[i] = json_patch(copy.deepcopy(document), patch) if isinstance(patch, list) else strategic_merge(document, patch)
+    for document in documents:
+        if "namespace" in kustomization and document["kind"] not in CLUSTER_SCOPED:
+            document["metadata"]["namespace"] = kustomization["namespace"]
+        set_images(document, kustomization.get("images", []))
+    return documents
+
+
+def render(components):
+    """deploy/k8s with `components`, as `kubectl kustomize` renders an overlay
+    `{resources: [deploy/k8s], components: [...]}`."""
+    k8s = DEPLOY / "k8s"
+    documents = kustomize([], yaml.safe_load((k8s / "kustomization.yaml").read_text()), k8s)
+    for component in components:
+        directory = k8s / "components" / component
+        documents = kustomize(documents, yaml.safe_load((directory / "kustomization.yaml").read_text()), directory)
+    return documents
+
+
+def workload_summary(document):
+    template = document["spec"]["template"]
+    pod = template["spec"]
+    containers = {}
+    for container in pod.get("initContainers", []):
+        containers[container["name"]] = container_summary(container, container.get("restartPolicy") == "Always")
+    for container in pod.get("containers", []):
+        containers[container["name"]] = container_summary(container, False)
+    return {
+        "labels": template["metadata"].get("labels", {}),
+        "pod": {
+            "securityContext": pod.get("securityContext", {}),
+            "volumes": {v["name"]: v for v in pod.get("volumes", [])},
+            "terminationGracePeriodSeconds": pod.get("terminationGracePeriodSeconds"),
+            "enableServiceLinks": pod.get("enableServiceLinks", True),
+            "hostNetwork": pod.get("hostNetwork", False),
+            "initContainers": [c["name"] for c in pod.get("initContainers", [])],
+        },
+        "containers": containers,
+    }
+
+
+def load_variant(name):
+    documents = render(VARIANTS[name])
+    namespace = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text()).get("namespace")
+    workloads = {}
+    for document in documents:
+        if document["kind"] in ("Deployment", "DaemonSet", "StatefulSet"):
+            workloads.setdefault(document["kind"], {})[document["metadata"]["name"]] = workload_summary(document)
+    return {
+        "components": VARIANTS[name],
+        "namespace": namespace,
+        "objects": [
+            {"kind": d["kind"], "name": d["metadata"]["name"], "namespace": d["metadata"].get("namespace")}
+            for d in documents
+        ],
+        "services": {d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "Service"},
+        "networkPolicies": {d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "NetworkPolicy"},
+        "workloads": workloads,
+    }
+
+
 def main():
     try:
         result = {"compose": load_compose({}), "kubernetes": load_kubernetes()}
+        result["variants"] = {name: load_variant(name) for name in VARIANTS}
     except InterpolationError as err:
         raise SystemExit(f"deploy/compose.yaml: {err}")
     json.dump(result, sys.stdout, indent=1, sort_keys=True)

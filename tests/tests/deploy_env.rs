@@ -24,8 +24,17 @@
 //! it drops each granted capability in turn and shows the agent can no longer
 //! run a session without it.
 //!
-//! Needs root (the agent's isolation) and python3 with PyYAML: `deploy/.venv`
-//! (made by `deploy/check.sh`) when present, else the system's `python3`.
+//! The DaemonSet + mutual TLS variant (`deploy/k8s` with
+//! `components/daemonset-mtls`) gets the same treatment: both binaries with
+//! exactly its environments -- the Service variables the kubelet injects and
+//! its `$(...)` expansion emulated, a throwaway CA's certificates (`openssl`)
+//! written where its Secrets are mounted, with the kubelet's owners and modes --
+//! the agent confined as its DaemonSet grants, the orchestrator as its uid with
+//! the pod's fsGroup; every probe passes and a completion runs over mutual TLS.
+//!
+//! Needs root (the agent's isolation), `openssl`, and python3 with PyYAML:
+//! `deploy/.venv` (made by `deploy/check.sh`) when present, else the system's
+//! `python3`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt;
@@ -43,6 +52,7 @@ use rlm_proto::rlm::v1::{
     CompleteRequest, CompletionSpec, ListTrajectoriesRequest, TerminationReason,
 };
 use serde_json::Value;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const AGENT: &str = "rlm-sandbox-agent";
@@ -494,6 +504,21 @@ fn every_variable_the_deployment_files_set_is_documented() {
         for key in spec.env.keys() {
             if !documented.contains(key) {
                 undocumented.push(format!("{file}: {key}"));
+            }
+        }
+    }
+    for kind in ["DaemonSet", "Deployment"] {
+        let workloads = m["variants"][VARIANT]["workloads"][kind]
+            .as_object()
+            .expect("the variant's workloads");
+        for (workload, spec) in workloads {
+            for (name, container) in spec["containers"].as_object().expect("containers") {
+                let set = container["environment"].as_object().expect("environment");
+                for key in set.keys().chain(string_map(&container["secrets"]).keys()) {
+                    if !documented.contains(key) {
+                        undocumented.push(format!("{VARIANT} {kind} {workload} {name}: {key}"));
+                    }
+                }
             }
         }
     }
@@ -967,4 +992,619 @@ async fn agent_runs_sessions_with_exactly_the_granted_privileges() {
             Err(why) => eprintln!("without CAP_{missing}: {why}"),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// The DaemonSet + mutual TLS variant: deploy/k8s with components/daemonset-mtls,
+// as deploy/tools/manifests.py renders it (the same objects `kubectl kustomize`
+// renders: deploy/check.sh compares them).
+
+const VARIANT: &str = "daemonset-mtls";
+
+/// The single `kind` among the variant's workloads.
+fn only_workload<'a>(variant: &'a Value, kind: &str) -> &'a Value {
+    let workloads = variant["workloads"][kind]
+        .as_object()
+        .unwrap_or_else(|| panic!("no {kind} in the {VARIANT} variant"));
+    assert_eq!(
+        workloads.len(),
+        1,
+        "one {kind} in the variant: {:?}",
+        workloads.keys()
+    );
+    workloads.values().next().expect("one workload")
+}
+
+/// Whether a non-empty label selector matches `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// A container's environment before the kubelet's `$(VAR)` expansion: the
+/// image's `ENV`, the manifest's values over it, and a stand-in for every
+/// secretKeyRef. (No other `valueFrom` is emulated.)
+fn manifest_env(container: &Value) -> BTreeMap<String, String> {
+    let mut env = string_map(&container["image_facts"]["env"]);
+    for (key, value) in container["environment"].as_object().expect("environment") {
+        let value = value
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}: only values and secretKeyRefs are emulated"));
+        env.insert(key.clone(), value.to_owned());
+    }
+    for key in string_map(&container["secrets"]).keys() {
+        env.insert(key.clone(), format!("test-value-of-{key}"));
+    }
+    env
+}
+
+fn service_env_name(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
+}
+
+/// One port of a Service: (name, protocol, declared port, local stand-in port).
+type ServicePort = (Option<String>, String, u64, u16);
+
+/// The variables the kubelet injects for a Service (`enableServiceLinks`),
+/// named after the declared ports, with `ip` for the cluster IP and the local
+/// ports in the values.
+fn service_links(name: &str, ip: &str, ports: &[ServicePort]) -> BTreeMap<String, String> {
+    let prefix = service_env_name(name);
+    let mut env = BTreeMap::from([(format!("{prefix}_SERVICE_HOST"), ip.to_owned())]);
+    if let Some((_, protocol, _, local)) = ports.first() {
+        let scheme = protocol.to_ascii_lowercase();
+        env.insert(format!("{prefix}_SERVICE_PORT"), local.to_string());
+        env.insert(format!("{prefix}_PORT"), format!("{scheme}://{ip}:{local}"));
+    }
+    for (port_name, protocol, declared, local) in ports {
+        let scheme = protocol.to_ascii_lowercase();
+        if let Some(port_name) = port_name {
+            env.insert(
+                format!("{prefix}_SERVICE_PORT_{}", service_env_name(port_name)),
+                local.to_string(),
+            );
+        }
+        let base = format!("{prefix}_PORT_{declared}_{}", protocol.to_ascii_uppercase());
+        env.insert(base.clone(), format!("{scheme}://{ip}:{local}"));
+        env.insert(format!("{base}_PROTO"), scheme);
+        env.insert(format!("{base}_PORT"), local.to_string());
+        env.insert(format!("{base}_ADDR"), ip.to_owned());
+    }
+    env
+}
+
+/// The kubelet's expansion of a manifest value: `$(NAME)` becomes the
+/// variable's value, `$$` a literal `$`; an unknown reference stays as written.
+fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 1..];
+        if let Some(after) = tail.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+        } else if let Some((name, after)) = tail.strip_prefix('(').and_then(|t| t.split_once(')')) {
+            match vars.get(name) {
+                Some(value) => out.push_str(value),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = after;
+        } else {
+            out.push('$');
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A throwaway CA and the certificates the variant's two Secrets hold: the
+/// agents' (server auth, naming `server_name`) and the orchestrators' (client
+/// auth), each Secret with the CA as `ca.crt`, as cert-manager writes them.
+struct VariantPki {
+    dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl VariantPki {
+    fn new(dir: &Path, server_name: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rlm test CA",
+        ]);
+        openssl(dir, &ca);
+        for (name, ext) in [
+            (
+                "server",
+                format!("subjectAltName=DNS:{server_name}\nextendedKeyUsage=serverAuth\n"),
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n".to_owned()),
+        ] {
+            std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+            let (key, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            let subject = format!("/CN=rlm-{name}");
+            let mut request = vec!["req"];
+            request.extend(ec);
+            request.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+            openssl(dir, &request);
+            let extfile = format!("{name}.ext");
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &pem,
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &extfile,
+                ],
+            );
+        }
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(name)).expect("pem")
+    }
+
+    /// What a `kubernetes.io/tls` Secret holds under `key` for `identity`
+    /// ("server" or "client").
+    fn secret_item(&self, identity: &str, key: &str) -> Vec<u8> {
+        match key {
+            "tls.crt" => self.read(&format!("{identity}.pem")),
+            "tls.key" => self.read(&format!("{identity}.key")),
+            "ca.crt" => self.read("ca.pem"),
+            other => panic!("unexpected key {other} in a TLS Secret"),
+        }
+    }
+
+    fn client_tls(&self, server_name: &str, with_identity: bool) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.read("ca.pem")))
+            .domain_name(server_name);
+        if with_identity {
+            config.identity(Identity::from_pem(
+                self.read("client.pem"),
+                self.read("client.key"),
+            ))
+        } else {
+            config
+        }
+    }
+}
+
+/// Writes the files the kubelet makes for a container's Secret volumes: each
+/// item owned by root with the pod's fsGroup as group and the volume's mode;
+/// the API key list (`keys`) or the PEMs of `identity` (TLS Secrets).
+fn write_secret_volumes(
+    host: &Host,
+    workload: &Value,
+    container: &str,
+    pki: &VariantPki,
+    identity: &str,
+) {
+    let pod = &workload["pod"];
+    let group = pod["securityContext"]["fsGroup"].as_u64().unwrap_or(0) as u32;
+    let mounts = workload["containers"][container]["mounts"]
+        .as_object()
+        .expect("mounts");
+    for (path, mount) in mounts {
+        let volume = &pod["volumes"][mount["name"].as_str().expect("volume name")];
+        let Some(secret) = volume.get("secret") else {
+            continue;
+        };
+        for item in secret["items"]
+            .as_array()
+            .expect("Secret volumes list their items")
+        {
+            let key = item["key"].as_str().expect("key");
+            let file = host
+                .root
+                .join(path.trim_start_matches('/'))
+                .join(item["path"].as_str().expect("path"));
+            let content = match key {
+                "keys" => format!("deploy-test:{TEST_API_KEY}\n").into_bytes(),
+                key => pki.secret_item(identity, key),
+            };
+            std::fs::write(&file, content).expect("writing a Secret file");
+            nix::unistd::chown(
+                &file,
+                Some(nix::unistd::Uid::from_raw(0)),
+                Some(nix::unistd::Gid::from_raw(group)),
+            )
+            .expect("chown Secret file");
+            let mode = item["mode"]
+                .as_u64()
+                .or(secret["defaultMode"].as_u64())
+                .unwrap_or(0o644) as u32;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+                .expect("chmod Secret file");
+        }
+    }
+}
+
+async fn tls_channel(
+    address: &str,
+    tls: ClientTlsConfig,
+) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(Endpoint::from_shared(format!("https://{address}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?)
+}
+
+/// Polls until the agent answers health over mutual TLS (Err: it exited, its log).
+async fn tls_serving(
+    process: &mut Proc,
+    address: &str,
+    tls: &ClientTlsConfig,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = process.exited() {
+            return Err(format!(
+                "{} exited ({status}):\n{}",
+                process.name,
+                process.log_text()
+            ));
+        }
+        if let Ok(channel) = tls_channel(address, tls.clone()).await {
+            if let Ok(ServingStatus::Serving) = health_status(channel, "").await {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} never served mutual TLS at {address}:\n{}",
+                process.name,
+                process.log_text()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Kubernetes probe run as the kubelet runs it, against the local stand-ins
+/// of the container's ports (`ports`: port name or number -> local address).
+async fn kubelet_probe(what: &str, probe: &Value, ports: &BTreeMap<String, String>) {
+    let address = |port: &Value| {
+        let key = match port {
+            Value::String(name) => name.clone(),
+            other => other.to_string(),
+        };
+        ports
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{what}: port {key} is not a declared container port"))
+    };
+    if let Some(tcp) = probe.get("tcpSocket") {
+        let address = address(&tcp["port"]);
+        std::net::TcpStream::connect_timeout(
+            &address.parse().expect("socket address"),
+            Duration::from_secs(2),
+        )
+        .unwrap_or_else(|err| panic!("{what}: tcpSocket {address}: {err}"));
+    } else if let Some(grpc) = probe.get("grpc") {
+        let address = address(&grpc["port"]);
+        let service = grpc["service"].as_str().unwrap_or_default();
+        let status = health_status(channel(&address).await.expect("connect"), service)
+            .await
+            .unwrap_or_else(|err| panic!("{what}: gRPC health {address} {service:?}: {err}"));
+        assert_eq!(status, ServingStatus::Serving, "{what}");
+    } else if let Some(http) = probe.get("httpGet") {
+        let url = format!(
+            "http://{}{}",
+            address(&http["port"]),
+            http["path"].as_str().unwrap_or("/")
+        );
+        let response = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|err| panic!("{what}: GET {url}: {err}"));
+        let status = response.status().as_u16();
+        assert!((200..400).contains(&status), "{what}: GET {url}: {status}");
+    } else {
+        panic!("{what}: a probe kind this test does not run: {probe}");
+    }
+}
+
+/// Port names and numbers of a container -> local addresses, given the local
+/// stand-in of each container port number.
+fn probe_ports(container: &Value, local: &BTreeMap<u64, String>) -> BTreeMap<String, String> {
+    let mut ports = BTreeMap::new();
+    for (name, number) in container["ports"].as_object().expect("ports") {
+        let number = number.as_u64().expect("containerPort");
+        if let Some(address) = local.get(&number) {
+            ports.insert(name.clone(), address.clone());
+            ports.insert(number.to_string(), address.clone());
+        }
+    }
+    ports
+}
+
+/// The port of a `tcp://0.0.0.0:PORT` or `0.0.0.0:PORT` listen address.
+fn listen_port(value: &str) -> u64 {
+    value
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("{value}: no port"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemonset_mtls_variant_runs_a_healthy_stack_over_mutual_tls() {
+    require_root();
+    let m = manifests();
+    let variant = &m["variants"][VARIANT];
+    let namespace = variant["namespace"].as_str().expect("namespace");
+    let daemonset = only_workload(variant, "DaemonSet");
+    let deployment = only_workload(variant, "Deployment");
+    let agent = &daemonset["containers"]["sandbox-agent"];
+    let orchestrator = &deployment["containers"]["orchestrator"];
+
+    // The layout: agents in a DaemonSet without host network, with exactly the
+    // sidecar's privileges; orchestrators without a sidecar.
+    assert_eq!(
+        daemonset["containers"].as_object().map(|c| c.len()),
+        Some(1),
+        "the DaemonSet runs the agent alone"
+    );
+    assert_eq!(
+        deployment["containers"]
+            .as_object()
+            .expect("containers")
+            .keys()
+            .collect::<Vec<_>>(),
+        ["orchestrator"],
+        "the orchestrator pod has no sidecar"
+    );
+    assert_eq!(daemonset["pod"]["hostNetwork"], false);
+    assert_eq!(
+        agent["securityContext"], m["kubernetes"]["containers"]["sandbox-agent"]["securityContext"],
+        "the DaemonSet's agent has the sidecar's privileges"
+    );
+
+    // The node-local Service in front of the agents, and the name in their certificate.
+    let (service_name, service) = variant["services"]
+        .as_object()
+        .expect("services")
+        .iter()
+        .find(|(_, spec)| selects(&spec["selector"], &daemonset["labels"]))
+        .expect("a Service selects the agents");
+    assert_eq!(service["internalTrafficPolicy"], "Local");
+    let server_name = format!("{service_name}.{namespace}.svc");
+    let target = &service["ports"][0]["targetPort"];
+    let agent_port = match target {
+        Value::String(name) => agent["ports"][name].as_u64().expect("named port"),
+        other => other.as_u64().expect("port number"),
+    };
+    let agent_manifest_env = manifest_env(agent);
+    assert_eq!(
+        agent_manifest_env["RLM_AGENT_LISTEN"],
+        format!("tcp://0.0.0.0:{agent_port}"),
+        "the agent listens on the port its Service targets, on every interface"
+    );
+
+    // Stand-ins: the volumes under a temporary root, the Secrets' files from a
+    // throwaway CA, local ports.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = VariantPki::new(&dir.path().join("pki"), &server_name);
+    let root = dir.path().join("root");
+    let mounts: BTreeSet<String> = [agent, orchestrator]
+        .iter()
+        .flat_map(|c| c["mounts"].as_object().expect("mounts").keys().cloned())
+        .collect();
+    let host = Host::new(
+        &root,
+        mounts.into_iter().collect(),
+        model_api_stub().await,
+        None,
+    );
+    write_secret_volumes(&host, daemonset, "sandbox-agent", &pki, "server");
+    write_secret_volumes(&host, deployment, "orchestrator", &pki, "client");
+    // The trajectory volume as the PVC with fsGroup gives it; the root traversable.
+    let logs = root.join(
+        orchestrator["environment"]["RLM_LOG_DIR"]
+            .as_str()
+            .expect("RLM_LOG_DIR")
+            .trim_start_matches('/'),
+    );
+    nix::unistd::chown(
+        &logs,
+        Some(nix::unistd::Uid::from_raw(SHARED_ID)),
+        Some(nix::unistd::Gid::from_raw(SHARED_ID)),
+    )
+    .expect("chown logs");
+    for path in [dir.path(), &root] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let local_agent = format!("127.0.0.1:{}", free_port());
+    let mut agent_env = host.swap(&agent_manifest_env);
+    agent_env.insert("RLM_AGENT_LISTEN".into(), format!("tcp://{local_agent}"));
+
+    // The orchestrator's environment: the Service variables the kubelet
+    // injects (every Service's cluster IP standing in as 127.0.0.1, the
+    // agents' Service port as the local agent's), then the manifest's values
+    // with `$(...)` expanded.
+    assert_eq!(deployment["pod"]["enableServiceLinks"], true);
+    let documented = readme_variables();
+    let mut links = BTreeMap::new();
+    for (name, spec) in variant["services"].as_object().expect("services") {
+        let ports: Vec<ServicePort> = spec["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .map(|port| {
+                let declared = port["port"].as_u64().expect("port");
+                let local = if name == service_name {
+                    listen_port(&local_agent) as u16
+                } else {
+                    declared as u16
+                };
+                (
+                    port["name"].as_str().map(str::to_owned),
+                    port["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                    declared,
+                    local,
+                )
+            })
+            .collect();
+        links.extend(service_links(name, "127.0.0.1", &ports));
+    }
+    let clashes: Vec<&String> = links.keys().filter(|k| documented.contains(*k)).collect();
+    assert!(
+        clashes.is_empty(),
+        "Service variables that are settings: {clashes:?}"
+    );
+    let mut orchestrator_manifest_env = links.clone();
+    for (key, value) in manifest_env(orchestrator) {
+        let value = expand(&value, &links);
+        assert!(
+            !value.contains("$("),
+            "{key}={value}: an unresolved reference"
+        );
+        orchestrator_manifest_env.insert(key, value);
+    }
+    let orchestrator_env = host.swap(&orchestrator_manifest_env);
+    assert_eq!(
+        orchestrator_env["RLM_SANDBOX_ENDPOINT"],
+        format!("tcp://{local_agent}"),
+        "the orchestrator dials the agents' Service"
+    );
+    assert_eq!(orchestrator_env["RLM_SANDBOX_TLS_SERVER_NAME"], server_name);
+
+    // The agent, confined as the DaemonSet confines it.
+    let cgroup = CgroupParent::create(&host.cgroup);
+    let caps = strings(&agent["capabilities"]);
+    let mut agent_process = start_confined_agent(&root, "agent-daemonset", &caps, &agent_env);
+    tls_serving(
+        &mut agent_process,
+        &local_agent,
+        &pki.client_tls(&server_name, true),
+    )
+    .await
+    .unwrap_or_else(|log| panic!("the confined agent did not serve mutual TLS: {log}"));
+    let agent_ports = probe_ports(agent, &BTreeMap::from([(agent_port, local_agent.clone())]));
+    for (kind, probe) in agent["probes"].as_object().expect("probes") {
+        kubelet_probe(&format!("agent {kind}"), probe, &agent_ports).await;
+    }
+    // Why TCP probes: what the kubelet's gRPC probe would send (plaintext,
+    // no client certificate) is refused, and so is TLS without a certificate.
+    let plaintext = match channel(&local_agent).await {
+        Ok(channel) => health_status(channel, "").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(plaintext, "the agent answered plaintext gRPC");
+    let anonymous = match tls_channel(&local_agent, pki.client_tls(&server_name, false)).await {
+        Ok(channel) => health_status(channel, "").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(
+        anonymous,
+        "the agent answered a client without a certificate"
+    );
+
+    // The orchestrator, as the Deployment runs it: its uid and gid, the pod's
+    // fsGroup as supplementary group (the Secret files' group), no capabilities.
+    let security = &orchestrator["securityContext"];
+    let fs_group = &deployment["pod"]["securityContext"]["fsGroup"];
+    let mut argv: Vec<String> = vec![
+        "setpriv".into(),
+        format!("--reuid={}", security["runAsUser"]),
+        format!("--regid={}", security["runAsGroup"]),
+        format!("--groups={fs_group}"),
+        "--inh-caps=-all".into(),
+        "--ambient-caps=-all".into(),
+        "--bounding-set=-all".into(),
+        "--no-new-privs".into(),
+    ];
+    argv.push(binary(ORCHESTRATOR).display().to_string());
+    let mut orchestrator_process = Proc::spawn(
+        "orchestrator-daemonset-mtls",
+        &root,
+        &argv,
+        &orchestrator_env,
+    );
+    orchestrator_process
+        .serving(&host.grpc)
+        .await
+        .unwrap_or_else(|log| panic!("the orchestrator did not start: {log}"));
+    let orchestrator_ports = probe_ports(
+        orchestrator,
+        &BTreeMap::from([
+            (
+                listen_port(&orchestrator_manifest_env["RLM_LISTEN"]),
+                host.grpc.clone(),
+            ),
+            (
+                listen_port(&orchestrator_manifest_env["RLM_HTTP_LISTEN"]),
+                host.http.clone(),
+            ),
+        ]),
+    );
+    for (kind, probe) in orchestrator["probes"].as_object().expect("probes") {
+        kubelet_probe(&format!("orchestrator {kind}"), probe, &orchestrator_ports).await;
+    }
+    // Its readiness (/health) saw the agent over mutual TLS.
+    let health = http_health(&host.http).await;
+    assert_eq!(
+        health["components"]["sandbox"], "healthy",
+        "/health: {health}"
+    );
+    assert_eq!(health["status"], "healthy", "/health: {health}");
+
+    // A completion whose code runs in the agent's session, over mutual TLS.
+    complete_in_sandbox(&host.grpc, &turns_file(&root)).await;
+    let anonymous = RlmServiceClient::new(channel(&host.grpc).await.expect("connect"))
+        .list_trajectories(ListTrajectoriesRequest::default())
+        .await
+        .expect_err("a call without an API key is refused");
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+    drop(orchestrator_process);
+    drop(agent_process);
+    drop(cgroup);
 }
