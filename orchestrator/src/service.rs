@@ -244,7 +244,10 @@ impl RlmService for RlmApi {
         let started = Instant::now();
         let r = request.into_inner();
         let store = self.engine.store().clone();
-        let status = TrajectoryStatus::try_from(r.status).unwrap_or_default();
+        let Ok(status) = TrajectoryStatus::try_from(r.status) else {
+            let error = Status::invalid_argument(format!("status: unknown value {}", r.status));
+            return self.finish("ListTrajectories", started, Err(error));
+        };
         let page_size = if r.page_size == 0 {
             50
         } else {
