@@ -433,6 +433,38 @@ async fn doctor_reports_ok_for_running_services() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn doctor_fails_when_the_agent_is_down() {
+    let fixture = Fixture::new();
+    let mut stack = start_stack(&fixture).await;
+    stack.agent.kill();
+    let out = output(rlm(&stack.grpc_address).args([
+        "doctor",
+        "--json",
+        "--skip",
+        "host",
+        "--http-addr",
+        &format!("http://{}", stack.http_address),
+        "--agent-addr",
+        &stack.agent_address,
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let report = json(&out);
+    let status_of = |name: &str| {
+        report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("no check {name}: {report}"))
+    };
+    assert_eq!(status_of("orchestrator gRPC"), "ok", "{report}");
+    assert_eq!(status_of("agent gRPC"), "fail", "{report}");
+    assert_eq!(status_of("sandbox from orch."), "fail", "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn doctor_fails_when_nothing_runs() {
     let addr = format!("127.0.0.1:{}", free_port());
     let out = output(rlm(&addr).args([
