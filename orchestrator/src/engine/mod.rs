@@ -346,14 +346,12 @@ impl Engine {
                 .run_tree(Arc::clone(&tree), root, repl, token, reason)
                 .instrument(span.clone())
                 .await;
-            let completion_id = result.completion_id.clone();
             let _ = result_tx.send(result);
             // The caller has its answer; sessions still registered (idle
             // ones, or those of a stopped tree) go now, before the
             // completion's slots are released.
             tree.destroy_remaining_sessions().instrument(span).await;
             drop(tree);
-            lock(&engine.shared.running).remove(&completion_id);
             engine.shared.metrics.completions_running.dec();
             drop::<OwnedSemaphorePermit>(slot);
             drop(caller_slot);
@@ -483,6 +481,8 @@ impl Engine {
             child_rlms: tree.child_rlms.load(std::sync::atomic::Ordering::Acquire),
             duration_ms: u64::try_from(tree.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
+        // Ended for CancelCompletion before any caller can see the result.
+        lock(&self.shared.running).remove(&tree.completion_id);
         let mut result = tree
             .events
             .emit_result(EventBody::CompletionFinished(record), &answer)
