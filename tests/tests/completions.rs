@@ -1453,6 +1453,12 @@ async fn cancel_mid_fanout_tears_down_the_whole_tree() {
         BTreeSet::from(["0".to_owned(), "0.0".to_owned(), "0.1".to_owned()]),
         "{live:#?}"
     );
+    // The markers were started before the sub-calls; a loaded machine may
+    // still be scheduling the last exec.
+    let seen = Instant::now();
+    while processes_matching(&marker) != 3 && seen.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         processes_matching(&marker),
         3,
