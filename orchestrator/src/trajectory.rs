@@ -639,11 +639,19 @@ impl TrajectoryWriter {
     }
 }
 
-impl Drop for TrajectoryWriter {
-    fn drop(&mut self) {
+impl TrajectoryWriter {
+    /// Marks the trajectory as no longer running (its last event is
+    /// written, or lost): readers then see FINISHED or INCOMPLETE.
+    pub fn close(&self) {
         if let Some(active) = &self.active {
             lock(active).remove(&self.id);
         }
+    }
+}
+
+impl Drop for TrajectoryWriter {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

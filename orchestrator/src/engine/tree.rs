@@ -70,6 +70,7 @@ impl EventSink {
     pub fn emit_result(&self, body: EventBody, answer: &str) -> Option<CompletionResult> {
         let _order = lock(&self.order);
         let (line, error) = self.writer.record("0", 0, body);
+        self.writer.close();
         if let Some(error) = error {
             *lock(&self.write_error) = Some(error.to_string());
         }
