@@ -274,6 +274,18 @@ class BasicTest(DriverTest):
         )
         self.assertEqual(out, "__main__ True\n8 True\nTrue\n")
 
+    def test_a_repeated_cell_runs_again_under_its_own_name(self):
+        # Compiled code is reused for identical sources; each run still
+        # executes (no result caching), shows its value, and names its cell.
+        s = self.session()
+        s.ok("x = 0")
+        for i in range(1, 4):
+            self.assertEqual(s.ok("x = x + 1\nx"), "%d\n" % i)
+        for n in (5, 6):
+            done, _, _ = s.run("y = 1\n1/0")
+            self.assertIn('File "<cell %d>", line 2, in <module>' % n, done["error"]["traceback"])
+            self.assertIn("1/0", done["error"]["traceback"])
+
     def test_exception_reports_cell_traceback(self):
         s = self.session()
         done, out, _ = s.run("a = 1\nprint('before')\nFINAL('early')\n1/0\nFINAL('late')")
