@@ -22,6 +22,12 @@ pub fn builder() -> tonic::transport::Server {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Contexts arrive as 1 MiB messages: with hyper's 1 MiB windows and
+        // 16 KiB frames a sender stalls on every WINDOW_UPDATE. The windows
+        // only bound what a peer may send ahead; unread data is not copied.
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(256 << 10))
 }
 
 /// Adds `grpc.health.v1.Health` and server reflection (v1 and v1alpha) for the
