@@ -10,6 +10,7 @@ use rlm_common::listen::{ADDRESS_FORMS, Address};
 use rlm_common::tls::{self, TlsFiles};
 
 use crate::model::{EndpointConfig, ModelRef, ModelsConfig, PriceTable, RetryPolicy};
+use crate::queue::QueueSettings;
 
 const MODEL_FORMS: &str = "PROVIDER/MODEL (openai/..., anthropic/...) or scripted:FILE";
 
@@ -106,6 +107,29 @@ pub struct Cli {
     /// Completions running at once; more are refused with RESOURCE_EXHAUSTED [default: 256].
     #[arg(long, env = "RLM_MAX_COMPLETIONS", value_name = "N")]
     pub max_completions: Option<String>,
+    /// Redis of a fleet's shared queue, `redis://HOST:PORT/DB` [default: in-process queue].
+    #[arg(
+        long,
+        env = "RLM_QUEUE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub queue_url: Option<String>,
+    /// Queued completions this replica runs at once [default: 8].
+    #[arg(long, env = "RLM_QUEUE_WORKERS", value_name = "N")]
+    pub queue_workers: Option<String>,
+    /// Completions waiting to start, at most; more are RESOURCE_EXHAUSTED [default: 1000].
+    #[arg(long, env = "RLM_QUEUE_MAX", value_name = "N")]
+    pub queue_max: Option<String>,
+    /// How long an ended queued completion stays readable [default: 60m].
+    #[arg(long, env = "RLM_QUEUE_RETENTION", value_name = "DURATION")]
+    pub queue_retention: Option<String>,
+    /// Fleet: lease of a running job; a worker silent this long is presumed dead [default: 30s].
+    #[arg(long, env = "RLM_QUEUE_LEASE", value_name = "DURATION")]
+    pub queue_lease: Option<String>,
+    /// Fleet: runs of a job lost with their worker before it is failed [default: 3].
+    #[arg(long, env = "RLM_QUEUE_MAX_ATTEMPTS", value_name = "N")]
+    pub queue_max_attempts: Option<String>,
     /// API keys clients must present (`label:key` or `key`, comma-separated).
     #[arg(
         long,
@@ -184,6 +208,8 @@ pub struct Config {
     pub models: ModelsConfig,
     pub limits: LimitDefaults,
     pub max_completions: u32,
+    /// Queued completions (`RLM_QUEUE_*`).
+    pub queue: QueueSettings,
     /// `RLM_API_KEYS` (kept out of `Debug`).
     pub api_keys: Secret,
     pub api_keys_file: Option<PathBuf>,
@@ -350,6 +376,44 @@ fn models_config(settings: &Settings<'_>, llm_base_url: &str) -> Result<ModelsCo
     })
 }
 
+fn queue_url(v: &str) -> Result<Option<String>, String> {
+    match optional(v)? {
+        None => Ok(None),
+        Some(url) if url.starts_with("redis://") => redis::Client::open(url.as_str())
+            .map(|_| Some(url))
+            .map_err(|e| e.to_string()),
+        Some(_) => Err("must start with redis://".to_owned()),
+    }
+}
+
+fn queue_settings(settings: &Settings<'_>) -> Result<QueueSettings, ConfigError> {
+    Ok(QueueSettings {
+        url: settings.get("queue_url", "", "redis://HOST:PORT/DB", queue_url)?,
+        workers: settings.get("queue_workers", "8", "1 to 10000", number_in(1..=10_000))?,
+        max_queued: settings.get(
+            "queue_max",
+            "1000",
+            "1 to 10000000",
+            number_in(1..=10_000_000),
+        )?,
+        retention: settings.get(
+            "queue_retention",
+            "60m",
+            "a duration like 60m",
+            positive_duration,
+        )?,
+        lease: settings.get("queue_lease", "30s", "a duration like 30s", |v| {
+            let d = positive_duration(v)?;
+            if d < Duration::from_millis(500) {
+                Err("must be at least 500ms".to_owned())
+            } else {
+                Ok(d)
+            }
+        })?,
+        max_attempts: settings.get("queue_max_attempts", "3", "1 to 100", number_in(1..=100))?,
+    })
+}
+
 impl Config {
     /// Parses the process's arguments and environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -421,6 +485,7 @@ impl Config {
                 "1 to 100000",
                 number_in(1..=100_000),
             )?,
+            queue: queue_settings(settings)?,
             api_keys: Secret(settings.get("api_keys", "", "label:key entries", optional)?),
             api_keys_file: settings
                 .get("api_keys_file", "", "a file path", optional)?

@@ -9,6 +9,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod queue;
 pub mod remote_session;
 pub mod sandbox_client;
 pub mod service;

@@ -12,6 +12,7 @@ use rlm_orchestrator::health::HealthChecks;
 use rlm_orchestrator::http::{HttpState, router};
 use rlm_orchestrator::metrics::Metrics;
 use rlm_orchestrator::model::Models;
+use rlm_orchestrator::queue::Queue;
 use rlm_orchestrator::sandbox_client::SandboxConnection;
 use rlm_orchestrator::service::RlmApi;
 use rlm_orchestrator::trajectory::TrajectoryStore;
@@ -71,7 +72,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         limits: config.limits.clone(),
         max_completions: config.max_completions,
     });
+    let queue = Queue::start(config.queue.clone(), engine.clone(), metrics.clone())
+        .await
+        .context("the completion queue (RLM_QUEUE_*)")?;
     let api = RlmApi {
+        queue: queue.clone(),
         engine: engine.clone(),
         per_key_limit: config.api_key_max_concurrent,
         sandbox: sandbox.clone(),
@@ -155,6 +160,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let served = server::serve(grpc, &listen, 0o600, shutdown.wait());
     let result =
         server::drain_with_deadline(served, &shutdown, config.service.drain.deadline).await;
+    // Queued completions are cancelled (embedded) or left in Redis and the
+    // running ones handed back (fleet) before the engine stops.
+    queue.shutdown().await;
     // Completions still running after the drain are cancelled and their
     // sessions destroyed before the process exits.
     engine.shutdown(std::time::Duration::from_secs(10)).await;

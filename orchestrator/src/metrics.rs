@@ -59,6 +59,15 @@ pub struct Metrics {
     pub sandbox_up: Gauge,
     pub completions: Family<ReasonLabels, Counter>,
     pub completions_running: Gauge,
+    pub queue_depth: Gauge,
+    pub queue_jobs: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What happened to a queued completion: `submitted`, `rejected`,
+    /// `finished`, `cancelled`, `failed`, `retried`, `handed_back`.
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,6 +133,18 @@ impl Metrics {
             "Completions running now",
             completions_running.clone(),
         );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "rlm_queue_depth",
+            "Queued completions waiting to start (fleet: across the fleet, as last seen)",
+            queue_depth.clone(),
+        );
+        let queue_jobs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "rlm_queue_jobs",
+            "Queued completions by outcome, as seen by this replica",
+            queue_jobs.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {
@@ -157,7 +178,18 @@ impl Metrics {
             sandbox_up,
             completions,
             completions_running,
+            queue_depth,
+            queue_jobs,
         }
+    }
+
+    /// Counts one queued completion reaching `outcome`.
+    pub fn count_job(&self, outcome: &str) {
+        self.queue_jobs
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Records one finished gRPC call of `method` that started at `started`.

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::Caller;
 use crate::engine::{Engine, parse_grpc_timeout};
 use crate::metrics::Metrics;
+use crate::queue::{Queue, Submitter, WatchStream};
 use crate::sandbox_client::SandboxConnection;
 use crate::trajectory::TrajectoryError;
 
@@ -23,6 +24,8 @@ pub struct RlmApi {
     pub per_key_limit: u32,
     pub sandbox: SandboxConnection,
     pub metrics: Arc<Metrics>,
+    /// Queued completions (SubmitCompletion and friends).
+    pub queue: Queue,
 }
 
 impl RlmApi {
@@ -153,6 +156,7 @@ fn trajectory_status(error: TrajectoryError) -> Status {
 #[tonic::async_trait]
 impl RlmService for RlmApi {
     type StreamCompleteStream = EventStream;
+    type WatchCompletionStream = WatchStream;
 
     #[tracing::instrument(name = "rlm.complete", skip_all)]
     async fn complete(
@@ -280,10 +284,67 @@ impl RlmService for RlmApi {
         let result = if r.reason.len() > 1024 {
             Err(Status::invalid_argument("reason: at most 1024 bytes"))
         } else {
-            self.engine
-                .cancel(&r.completion_id, &r.reason)
-                .map(|was_running| Response::new(CancelCompletionResponse { was_running }))
+            match self.queue.cancel(&r.completion_id, &r.reason).await {
+                Ok(Some(was_running)) => Ok(was_running),
+                Ok(None) => self.engine.cancel(&r.completion_id, &r.reason),
+                Err(status) => Err(status),
+            }
+            .map(|was_running| Response::new(CancelCompletionResponse { was_running }))
         };
         self.finish("CancelCompletion", started, result)
+    }
+
+    #[tracing::instrument(name = "rlm.submit_completion", skip_all)]
+    async fn submit_completion(
+        &self,
+        request: Request<SubmitCompletionRequest>,
+    ) -> Result<Response<SubmitCompletionResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let label = request
+                .extensions()
+                .get::<Caller>()
+                .map(|c| c.label.clone());
+            // Embedded jobs hold the key's slot while queued or running; the
+            // fleet cannot hold a permit across replicas.
+            let slot = match self.queue {
+                Queue::Embedded(_) => caller_slot(&request, self.per_key_limit)?,
+                Queue::Fleet(_) => None,
+            };
+            let r = request.into_inner();
+            let spec = r
+                .spec
+                .ok_or_else(|| Status::invalid_argument("spec: required"))?;
+            self.queue
+                .submit(spec, &r.idempotency_key, Submitter { label, slot })
+                .await
+                .map(Response::new)
+        }
+        .await;
+        self.finish("SubmitCompletion", started, result)
+    }
+
+    async fn get_completion(
+        &self,
+        request: Request<GetCompletionRequest>,
+    ) -> Result<Response<GetCompletionResponse>, Status> {
+        let started = Instant::now();
+        let id = request.into_inner().completion_id;
+        let result = self.queue.get(&id).await.map(Response::new);
+        self.finish("GetCompletion", started, result)
+    }
+
+    async fn watch_completion(
+        &self,
+        request: Request<WatchCompletionRequest>,
+    ) -> Result<Response<Self::WatchCompletionStream>, Status> {
+        let started = Instant::now();
+        let r = request.into_inner();
+        let result = self
+            .queue
+            .watch(&r.completion_id, r.from_event_index)
+            .await
+            .map(Response::new);
+        self.finish("WatchCompletion", started, result)
     }
 }

@@ -142,6 +142,40 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Ids of a completion and of its trajectory.
+#[derive(Debug, Clone)]
+pub struct CompletionIds {
+    pub completion_id: String,
+    pub trajectory_id: String,
+}
+
+impl CompletionIds {
+    /// A new random id, used for both.
+    pub fn fresh() -> Self {
+        let id = uuid::Uuid::new_v4().to_string();
+        Self {
+            completion_id: id.clone(),
+            trajectory_id: id,
+        }
+    }
+}
+
+/// Options of [`Engine::start_with`]; the default is a fresh id, no client
+/// deadline, no event stream, and a slot taken (or refused) at once.
+#[derive(Default)]
+pub struct Launch {
+    /// The client's gRPC deadline: shortens the completion's timeout.
+    pub client_timeout: Option<Duration>,
+    /// Receives every event, the result last.
+    pub events: Option<mpsc::UnboundedSender<CompletionEvent>>,
+    /// The API key's concurrency permit, held until the completion ends.
+    pub caller_slot: Option<OwnedSemaphorePermit>,
+    /// Ids chosen by the caller (queued completions); `None` = fresh.
+    pub ids: Option<CompletionIds>,
+    /// A slot already obtained with [`Engine::wait_for_slot`].
+    pub slot: Option<OwnedSemaphorePermit>,
+}
+
 /// A running completion.
 pub struct Started {
     pub completion_id: String,
@@ -250,17 +284,26 @@ impl Engine {
         events: Option<mpsc::UnboundedSender<CompletionEvent>>,
         caller_slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Started, Status> {
-        let started = Instant::now();
+        self.start_with(
+            spec,
+            Launch {
+                client_timeout,
+                events,
+                caller_slot,
+                ..Launch::default()
+            },
+        )
+        .await
+    }
+
+    /// Checks `spec` as [`start`](Self::start) would, without running it.
+    pub fn validate(&self, spec: Option<CompletionSpec>) -> Result<(), Status> {
+        self.resolve(spec).map(drop)
+    }
+
+    fn resolve(&self, spec: Option<CompletionSpec>) -> Result<Resolved, Status> {
         let shared = &self.shared;
-        if shared.stopping.is_cancelled() {
-            return Err(Status::unavailable("the server is shutting down"));
-        }
-        let slot = Arc::clone(&shared.slots).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(
-                "the server is running its maximum number of completions (RLM_MAX_COMPLETIONS); retry later",
-            )
-        })?;
-        let mut resolved = spec::resolve(
+        spec::resolve(
             spec,
             &ServerDefaults {
                 root_model: shared.root_model.as_deref(),
@@ -268,7 +311,45 @@ impl Engine {
                 limits: &shared.limits,
                 pricing: shared.models.pricing(),
             },
-        )?;
+        )
+    }
+
+    /// Waits for one of the RLM_MAX_COMPLETIONS slots (queued completions
+    /// wait where an RPC would be refused); `None` once the engine stops.
+    pub async fn wait_for_slot(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            permit = Arc::clone(&self.shared.slots).acquire_owned() => permit.ok(),
+            () = self.shared.stopping.cancelled() => None,
+        }
+    }
+
+    /// [`start`](Self::start) with every option.
+    pub async fn start_with(
+        &self,
+        spec: Option<CompletionSpec>,
+        launch: Launch,
+    ) -> Result<Started, Status> {
+        let Launch {
+            client_timeout,
+            events,
+            caller_slot,
+            ids,
+            slot,
+        } = launch;
+        let started = Instant::now();
+        let shared = &self.shared;
+        if shared.stopping.is_cancelled() {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
+        let slot = match slot {
+            Some(slot) => slot,
+            None => Arc::clone(&shared.slots).try_acquire_owned().map_err(|_| {
+                Status::resource_exhausted(
+                    "the server is running its maximum number of completions (RLM_MAX_COMPLETIONS); retry later",
+                )
+            })?,
+        };
+        let mut resolved = self.resolve(spec)?;
         if let Some(t) = client_timeout {
             resolved.limits.timeout = resolved.limits.timeout.min(t);
         }
@@ -283,9 +364,12 @@ impl Engine {
             };
             contexts.push(NodeContext { id, json: c.json });
         }
-        let completion_id = uuid::Uuid::new_v4().to_string();
+        let CompletionIds {
+            completion_id,
+            trajectory_id,
+        } = ids.unwrap_or_else(CompletionIds::fresh);
         let budget = Budget::new(&budget_limits(&resolved, started), started);
-        let writer = self.open_trajectory(&completion_id, &resolved, &contexts);
+        let writer = self.open_trajectory(&completion_id, &trajectory_id, &resolved, &contexts);
         let tree = Arc::new(Tree::new(
             Arc::clone(shared),
             completion_id.clone(),
@@ -366,6 +450,7 @@ impl Engine {
     fn open_trajectory(
         &self,
         completion_id: &str,
+        trajectory_id: &str,
         spec: &Resolved,
         contexts: &[NodeContext],
     ) -> crate::trajectory::TrajectoryWriter {
@@ -393,13 +478,13 @@ impl Engine {
             },
             metadata: spec.metadata.clone(),
         };
-        match self.shared.store.create(completion_id, header.clone()) {
+        match self.shared.store.create(trajectory_id, header.clone()) {
             Ok(writer) => writer,
             Err(error) => {
                 // The completion still runs; only its record is lost.
                 tracing::warn!(completion = %completion_id, %error, "cannot create the trajectory file");
                 self.shared.metrics.count_error("trajectory_write");
-                crate::trajectory::TrajectoryWriter::detached(completion_id, header)
+                crate::trajectory::TrajectoryWriter::detached(trajectory_id, header)
             }
         }
     }

@@ -34,8 +34,22 @@ type RLMServiceClient interface {
 	ListTrajectories(ctx context.Context, in *ListTrajectoriesRequest, opts ...grpc.CallOption) (*ListTrajectoriesResponse, error)
 	// Cancels a running completion. The completion ends with
 	// TERMINATION_REASON_CANCELLED and its best partial answer, delivered to
-	// the Complete / StreamComplete call that started it.
+	// the Complete / StreamComplete call that started it (or to
+	// GetCompletion / WatchCompletion). A queued completion that has not
+	// started yet ends at once in COMPLETION_STATE_CANCELLED.
 	CancelCompletion(ctx context.Context, in *CancelCompletionRequest, opts ...grpc.CallOption) (*CancelCompletionResponse, error)
+	// Queues a completion and returns its id at once; it runs in the
+	// background. RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail when
+	// the queue is full. See docs/queue.md.
+	SubmitCompletion(ctx context.Context, in *SubmitCompletionRequest, opts ...grpc.CallOption) (*SubmitCompletionResponse, error)
+	// Returns the state of a queued completion: its place in the queue, the
+	// partial answer and usage while it runs, the result once it ended.
+	GetCompletion(ctx context.Context, in *GetCompletionRequest, opts ...grpc.CallOption) (*GetCompletionResponse, error)
+	// Streams the events of a queued completion, the same events as
+	// StreamComplete, ending with the result; waits while it is queued.
+	// Resumable: `from_event_index` skips the events already seen. Ending the
+	// call does not cancel the completion.
+	WatchCompletion(ctx context.Context, in *WatchCompletionRequest, opts ...grpc.CallOption) (RLMService_WatchCompletionClient, error)
 }
 
 type rLMServiceClient struct {
@@ -148,6 +162,56 @@ func (c *rLMServiceClient) CancelCompletion(ctx context.Context, in *CancelCompl
 	return out, nil
 }
 
+func (c *rLMServiceClient) SubmitCompletion(ctx context.Context, in *SubmitCompletionRequest, opts ...grpc.CallOption) (*SubmitCompletionResponse, error) {
+	out := new(SubmitCompletionResponse)
+	err := c.cc.Invoke(ctx, "/rlm.v1.RLMService/SubmitCompletion", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rLMServiceClient) GetCompletion(ctx context.Context, in *GetCompletionRequest, opts ...grpc.CallOption) (*GetCompletionResponse, error) {
+	out := new(GetCompletionResponse)
+	err := c.cc.Invoke(ctx, "/rlm.v1.RLMService/GetCompletion", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rLMServiceClient) WatchCompletion(ctx context.Context, in *WatchCompletionRequest, opts ...grpc.CallOption) (RLMService_WatchCompletionClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_RLMService_serviceDesc.Streams[2], "/rlm.v1.RLMService/WatchCompletion", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &rLMServiceWatchCompletionClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type RLMService_WatchCompletionClient interface {
+	Recv() (*WatchCompletionResponse, error)
+	grpc.ClientStream
+}
+
+type rLMServiceWatchCompletionClient struct {
+	grpc.ClientStream
+}
+
+func (x *rLMServiceWatchCompletionClient) Recv() (*WatchCompletionResponse, error) {
+	m := new(WatchCompletionResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // RLMServiceServer is the server API for RLMService service.
 // All implementations must embed UnimplementedRLMServiceServer
 // for forward compatibility
@@ -169,8 +233,22 @@ type RLMServiceServer interface {
 	ListTrajectories(context.Context, *ListTrajectoriesRequest) (*ListTrajectoriesResponse, error)
 	// Cancels a running completion. The completion ends with
 	// TERMINATION_REASON_CANCELLED and its best partial answer, delivered to
-	// the Complete / StreamComplete call that started it.
+	// the Complete / StreamComplete call that started it (or to
+	// GetCompletion / WatchCompletion). A queued completion that has not
+	// started yet ends at once in COMPLETION_STATE_CANCELLED.
 	CancelCompletion(context.Context, *CancelCompletionRequest) (*CancelCompletionResponse, error)
+	// Queues a completion and returns its id at once; it runs in the
+	// background. RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail when
+	// the queue is full. See docs/queue.md.
+	SubmitCompletion(context.Context, *SubmitCompletionRequest) (*SubmitCompletionResponse, error)
+	// Returns the state of a queued completion: its place in the queue, the
+	// partial answer and usage while it runs, the result once it ended.
+	GetCompletion(context.Context, *GetCompletionRequest) (*GetCompletionResponse, error)
+	// Streams the events of a queued completion, the same events as
+	// StreamComplete, ending with the result; waits while it is queued.
+	// Resumable: `from_event_index` skips the events already seen. Ending the
+	// call does not cancel the completion.
+	WatchCompletion(*WatchCompletionRequest, RLMService_WatchCompletionServer) error
 	mustEmbedUnimplementedRLMServiceServer()
 }
 
@@ -195,6 +273,15 @@ func (UnimplementedRLMServiceServer) ListTrajectories(context.Context, *ListTraj
 }
 func (UnimplementedRLMServiceServer) CancelCompletion(context.Context, *CancelCompletionRequest) (*CancelCompletionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CancelCompletion not implemented")
+}
+func (UnimplementedRLMServiceServer) SubmitCompletion(context.Context, *SubmitCompletionRequest) (*SubmitCompletionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SubmitCompletion not implemented")
+}
+func (UnimplementedRLMServiceServer) GetCompletion(context.Context, *GetCompletionRequest) (*GetCompletionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetCompletion not implemented")
+}
+func (UnimplementedRLMServiceServer) WatchCompletion(*WatchCompletionRequest, RLMService_WatchCompletionServer) error {
+	return status.Errorf(codes.Unimplemented, "method WatchCompletion not implemented")
 }
 func (UnimplementedRLMServiceServer) mustEmbedUnimplementedRLMServiceServer() {}
 
@@ -328,6 +415,63 @@ func _RLMService_CancelCompletion_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RLMService_SubmitCompletion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitCompletionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RLMServiceServer).SubmitCompletion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/rlm.v1.RLMService/SubmitCompletion",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RLMServiceServer).SubmitCompletion(ctx, req.(*SubmitCompletionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RLMService_GetCompletion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCompletionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RLMServiceServer).GetCompletion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/rlm.v1.RLMService/GetCompletion",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RLMServiceServer).GetCompletion(ctx, req.(*GetCompletionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RLMService_WatchCompletion_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchCompletionRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RLMServiceServer).WatchCompletion(m, &rLMServiceWatchCompletionServer{stream})
+}
+
+type RLMService_WatchCompletionServer interface {
+	Send(*WatchCompletionResponse) error
+	grpc.ServerStream
+}
+
+type rLMServiceWatchCompletionServer struct {
+	grpc.ServerStream
+}
+
+func (x *rLMServiceWatchCompletionServer) Send(m *WatchCompletionResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 var _RLMService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "rlm.v1.RLMService",
 	HandlerType: (*RLMServiceServer)(nil),
@@ -348,6 +492,14 @@ var _RLMService_serviceDesc = grpc.ServiceDesc{
 			MethodName: "CancelCompletion",
 			Handler:    _RLMService_CancelCompletion_Handler,
 		},
+		{
+			MethodName: "SubmitCompletion",
+			Handler:    _RLMService_SubmitCompletion_Handler,
+		},
+		{
+			MethodName: "GetCompletion",
+			Handler:    _RLMService_GetCompletion_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -359,6 +511,11 @@ var _RLMService_serviceDesc = grpc.ServiceDesc{
 			StreamName:    "UploadContext",
 			Handler:       _RLMService_UploadContext_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "WatchCompletion",
+			Handler:       _RLMService_WatchCompletion_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "rlm/v1/rlm_service.proto",

@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from rlm_client.pb.rlm.v1 import completion_pb2 as rlm_dot_v1_dot_completion__pb2
 from rlm_client.pb.rlm.v1 import events_pb2 as rlm_dot_v1_dot_events__pb2
+from rlm_client.pb.rlm.v1 import jobs_pb2 as rlm_dot_v1_dot_jobs__pb2
 from rlm_client.pb.rlm.v1 import trajectory_pb2 as rlm_dot_v1_dot_trajectory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rlm/v1/rlm_service.proto\x12\x06rlm.v1\x1a\x17rlm/v1/completion.proto\x1a\x13rlm/v1/events.proto\x1a\x17rlm/v1/trajectory.proto\"7\n\x0f\x43ompleteRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.rlm.v1.CompletionSpec\"<\n\x10\x43ompleteResponse\x12(\n\x06result\x18\x01 \x01(\x0b\x32\x18.rlm.v1.CompletionResult\"=\n\x15StreamCompleteRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.rlm.v1.CompletionSpec\"@\n\x16StreamCompleteResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.rlm.v1.CompletionEvent\"X\n\x14UploadContextRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpected_sha256\x18\x02 \x01(\t\x12\x18\n\x10total_size_bytes\x18\x03 \x01(\x04\"?\n\x15UploadContextResponse\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"-\n\x14GetTrajectoryRequest\x12\x15\n\rtrajectory_id\x18\x01 \x01(\t\"?\n\x15GetTrajectoryResponse\x12&\n\ntrajectory\x18\x01 \x01(\x0b\x32\x12.rlm.v1.Trajectory\"\xdc\x01\n\x17ListTrajectoriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.rlm.v1.TrajectoryStatus\x12?\n\x08metadata\x18\x04 \x03(\x0b\x32-.rlm.v1.ListTrajectoriesRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"d\n\x18ListTrajectoriesResponse\x12/\n\x0ctrajectories\x18\x01 \x03(\x0b\x32\x19.rlm.v1.TrajectorySummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x17\x43\x61ncelCompletionRequest\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"/\n\x18\x43\x61ncelCompletionResponse\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\x32\xea\x03\n\nRLMService\x12=\n\x08\x43omplete\x12\x17.rlm.v1.CompleteRequest\x1a\x18.rlm.v1.CompleteResponse\x12Q\n\x0eStreamComplete\x12\x1d.rlm.v1.StreamCompleteRequest\x1a\x1e.rlm.v1.StreamCompleteResponse0\x01\x12N\n\rUploadContext\x12\x1c.rlm.v1.UploadContextRequest\x1a\x1d.rlm.v1.UploadContextResponse(\x01\x12L\n\rGetTrajectory\x12\x1c.rlm.v1.GetTrajectoryRequest\x1a\x1d.rlm.v1.GetTrajectoryResponse\x12U\n\x10ListTrajectories\x12\x1f.rlm.v1.ListTrajectoriesRequest\x1a .rlm.v1.ListTrajectoriesResponse\x12U\n\x10\x43\x61ncelCompletion\x12\x1f.rlm.v1.CancelCompletionRequest\x1a .rlm.v1.CancelCompletionResponseB:Z8github.com/rlm-runtime/rlm/clients/go/rlmpb/rlm/v1;rlmv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rlm/v1/rlm_service.proto\x12\x06rlm.v1\x1a\x17rlm/v1/completion.proto\x1a\x13rlm/v1/events.proto\x1a\x11rlm/v1/jobs.proto\x1a\x17rlm/v1/trajectory.proto\"7\n\x0f\x43ompleteRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.rlm.v1.CompletionSpec\"<\n\x10\x43ompleteResponse\x12(\n\x06result\x18\x01 \x01(\x0b\x32\x18.rlm.v1.CompletionResult\"=\n\x15StreamCompleteRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.rlm.v1.CompletionSpec\"@\n\x16StreamCompleteResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.rlm.v1.CompletionEvent\"X\n\x14UploadContextRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpected_sha256\x18\x02 \x01(\t\x12\x18\n\x10total_size_bytes\x18\x03 \x01(\x04\"?\n\x15UploadContextResponse\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"-\n\x14GetTrajectoryRequest\x12\x15\n\rtrajectory_id\x18\x01 \x01(\t\"?\n\x15GetTrajectoryResponse\x12&\n\ntrajectory\x18\x01 \x01(\x0b\x32\x12.rlm.v1.Trajectory\"\xdc\x01\n\x17ListTrajectoriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.rlm.v1.TrajectoryStatus\x12?\n\x08metadata\x18\x04 \x03(\x0b\x32-.rlm.v1.ListTrajectoriesRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"d\n\x18ListTrajectoriesResponse\x12/\n\x0ctrajectories\x18\x01 \x03(\x0b\x32\x19.rlm.v1.TrajectorySummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x17\x43\x61ncelCompletionRequest\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"/\n\x18\x43\x61ncelCompletionResponse\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\x32\xe5\x05\n\nRLMService\x12=\n\x08\x43omplete\x12\x17.rlm.v1.CompleteRequest\x1a\x18.rlm.v1.CompleteResponse\x12Q\n\x0eStreamComplete\x12\x1d.rlm.v1.StreamCompleteRequest\x1a\x1e.rlm.v1.StreamCompleteResponse0\x01\x12N\n\rUploadContext\x12\x1c.rlm.v1.UploadContextRequest\x1a\x1d.rlm.v1.UploadContextResponse(\x01\x12L\n\rGetTrajectory\x12\x1c.rlm.v1.GetTrajectoryRequest\x1a\x1d.rlm.v1.GetTrajectoryResponse\x12U\n\x10ListTrajectories\x12\x1f.rlm.v1.ListTrajectoriesRequest\x1a .rlm.v1.ListTrajectoriesResponse\x12U\n\x10\x43\x61ncelCompletion\x12\x1f.rlm.v1.CancelCompletionRequest\x1a .rlm.v1.CancelCompletionResponse\x12U\n\x10SubmitCompletion\x12\x1f.rlm.v1.SubmitCompletionRequest\x1a .rlm.v1.SubmitCompletionResponse\x12L\n\rGetCompletion\x12\x1c.rlm.v1.GetCompletionRequest\x1a\x1d.rlm.v1.GetCompletionResponse\x12T\n\x0fWatchCompletion\x12\x1e.rlm.v1.WatchCompletionRequest\x1a\x1f.rlm.v1.WatchCompletionResponse0\x01\x42:Z8github.com/rlm-runtime/rlm/clients/go/rlmpb/rlm/v1;rlmv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,32 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z8github.com/rlm-runtime/rlm/clients/go/rlmpb/rlm/v1;rlmv1'
   _globals['_LISTTRAJECTORIESREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_LISTTRAJECTORIESREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_COMPLETEREQUEST']._serialized_start=107
-  _globals['_COMPLETEREQUEST']._serialized_end=162
-  _globals['_COMPLETERESPONSE']._serialized_start=164
-  _globals['_COMPLETERESPONSE']._serialized_end=224
-  _globals['_STREAMCOMPLETEREQUEST']._serialized_start=226
-  _globals['_STREAMCOMPLETEREQUEST']._serialized_end=287
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=289
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=353
-  _globals['_UPLOADCONTEXTREQUEST']._serialized_start=355
-  _globals['_UPLOADCONTEXTREQUEST']._serialized_end=443
-  _globals['_UPLOADCONTEXTRESPONSE']._serialized_start=445
-  _globals['_UPLOADCONTEXTRESPONSE']._serialized_end=508
-  _globals['_GETTRAJECTORYREQUEST']._serialized_start=510
-  _globals['_GETTRAJECTORYREQUEST']._serialized_end=555
-  _globals['_GETTRAJECTORYRESPONSE']._serialized_start=557
-  _globals['_GETTRAJECTORYRESPONSE']._serialized_end=620
-  _globals['_LISTTRAJECTORIESREQUEST']._serialized_start=623
-  _globals['_LISTTRAJECTORIESREQUEST']._serialized_end=843
-  _globals['_LISTTRAJECTORIESREQUEST_METADATAENTRY']._serialized_start=796
-  _globals['_LISTTRAJECTORIESREQUEST_METADATAENTRY']._serialized_end=843
-  _globals['_LISTTRAJECTORIESRESPONSE']._serialized_start=845
-  _globals['_LISTTRAJECTORIESRESPONSE']._serialized_end=945
-  _globals['_CANCELCOMPLETIONREQUEST']._serialized_start=947
-  _globals['_CANCELCOMPLETIONREQUEST']._serialized_end=1011
-  _globals['_CANCELCOMPLETIONRESPONSE']._serialized_start=1013
-  _globals['_CANCELCOMPLETIONRESPONSE']._serialized_end=1060
-  _globals['_RLMSERVICE']._serialized_start=1063
-  _globals['_RLMSERVICE']._serialized_end=1553
+  _globals['_COMPLETEREQUEST']._serialized_start=126
+  _globals['_COMPLETEREQUEST']._serialized_end=181
+  _globals['_COMPLETERESPONSE']._serialized_start=183
+  _globals['_COMPLETERESPONSE']._serialized_end=243
+  _globals['_STREAMCOMPLETEREQUEST']._serialized_start=245
+  _globals['_STREAMCOMPLETEREQUEST']._serialized_end=306
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=308
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=372
+  _globals['_UPLOADCONTEXTREQUEST']._serialized_start=374
+  _globals['_UPLOADCONTEXTREQUEST']._serialized_end=462
+  _globals['_UPLOADCONTEXTRESPONSE']._serialized_start=464
+  _globals['_UPLOADCONTEXTRESPONSE']._serialized_end=527
+  _globals['_GETTRAJECTORYREQUEST']._serialized_start=529
+  _globals['_GETTRAJECTORYREQUEST']._serialized_end=574
+  _globals['_GETTRAJECTORYRESPONSE']._serialized_start=576
+  _globals['_GETTRAJECTORYRESPONSE']._serialized_end=639
+  _globals['_LISTTRAJECTORIESREQUEST']._serialized_start=642
+  _globals['_LISTTRAJECTORIESREQUEST']._serialized_end=862
+  _globals['_LISTTRAJECTORIESREQUEST_METADATAENTRY']._serialized_start=815
+  _globals['_LISTTRAJECTORIESREQUEST_METADATAENTRY']._serialized_end=862
+  _globals['_LISTTRAJECTORIESRESPONSE']._serialized_start=864
+  _globals['_LISTTRAJECTORIESRESPONSE']._serialized_end=964
+  _globals['_CANCELCOMPLETIONREQUEST']._serialized_start=966
+  _globals['_CANCELCOMPLETIONREQUEST']._serialized_end=1030
+  _globals['_CANCELCOMPLETIONRESPONSE']._serialized_start=1032
+  _globals['_CANCELCOMPLETIONRESPONSE']._serialized_end=1079
+  _globals['_RLMSERVICE']._serialized_start=1082
+  _globals['_RLMSERVICE']._serialized_end=1823
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 from rlm_client.pb.rlm.v1 import completion_pb2 as _completion_pb2
 from rlm_client.pb.rlm.v1 import events_pb2 as _events_pb2
+from rlm_client.pb.rlm.v1 import jobs_pb2 as _jobs_pb2
 from rlm_client.pb.rlm.v1 import trajectory_pb2 as _trajectory_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from rlm_client.pb.rlm.v1 import jobs_pb2 as rlm_dot_v1_dot_jobs__pb2
 from rlm_client.pb.rlm.v1 import rlm_service_pb2 as rlm_dot_v1_dot_rlm__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -74,6 +75,21 @@ class RLMServiceStub:
                 request_serializer=rlm_dot_v1_dot_rlm__service__pb2.CancelCompletionRequest.SerializeToString,
                 response_deserializer=rlm_dot_v1_dot_rlm__service__pb2.CancelCompletionResponse.FromString,
                 _registered_method=True)
+        self.SubmitCompletion = channel.unary_unary(
+                '/rlm.v1.RLMService/SubmitCompletion',
+                request_serializer=rlm_dot_v1_dot_jobs__pb2.SubmitCompletionRequest.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_jobs__pb2.SubmitCompletionResponse.FromString,
+                _registered_method=True)
+        self.GetCompletion = channel.unary_unary(
+                '/rlm.v1.RLMService/GetCompletion',
+                request_serializer=rlm_dot_v1_dot_jobs__pb2.GetCompletionRequest.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_jobs__pb2.GetCompletionResponse.FromString,
+                _registered_method=True)
+        self.WatchCompletion = channel.unary_stream(
+                '/rlm.v1.RLMService/WatchCompletion',
+                request_serializer=rlm_dot_v1_dot_jobs__pb2.WatchCompletionRequest.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_jobs__pb2.WatchCompletionResponse.FromString,
+                _registered_method=True)
 
 
 class RLMServiceServicer:
@@ -132,7 +148,36 @@ class RLMServiceServicer:
     def CancelCompletion(self, request, context):
         """Cancels a running completion. The completion ends with
         TERMINATION_REASON_CANCELLED and its best partial answer, delivered to
-        the Complete / StreamComplete call that started it.
+        the Complete / StreamComplete call that started it (or to
+        GetCompletion / WatchCompletion). A queued completion that has not
+        started yet ends at once in COMPLETION_STATE_CANCELLED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitCompletion(self, request, context):
+        """Queues a completion and returns its id at once; it runs in the
+        background. RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail when
+        the queue is full. See docs/queue.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCompletion(self, request, context):
+        """Returns the state of a queued completion: its place in the queue, the
+        partial answer and usage while it runs, the result once it ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCompletion(self, request, context):
+        """Streams the events of a queued completion, the same events as
+        StreamComplete, ending with the result; waits while it is queued.
+        Resumable: `from_event_index` skips the events already seen. Ending the
+        call does not cancel the completion.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +215,21 @@ def add_RLMServiceServicer_to_server(servicer, server):
                     servicer.CancelCompletion,
                     request_deserializer=rlm_dot_v1_dot_rlm__service__pb2.CancelCompletionRequest.FromString,
                     response_serializer=rlm_dot_v1_dot_rlm__service__pb2.CancelCompletionResponse.SerializeToString,
+            ),
+            'SubmitCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitCompletion,
+                    request_deserializer=rlm_dot_v1_dot_jobs__pb2.SubmitCompletionRequest.FromString,
+                    response_serializer=rlm_dot_v1_dot_jobs__pb2.SubmitCompletionResponse.SerializeToString,
+            ),
+            'GetCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCompletion,
+                    request_deserializer=rlm_dot_v1_dot_jobs__pb2.GetCompletionRequest.FromString,
+                    response_serializer=rlm_dot_v1_dot_jobs__pb2.GetCompletionResponse.SerializeToString,
+            ),
+            'WatchCompletion': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCompletion,
+                    request_deserializer=rlm_dot_v1_dot_jobs__pb2.WatchCompletionRequest.FromString,
+                    response_serializer=rlm_dot_v1_dot_jobs__pb2.WatchCompletionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +404,87 @@ class RLMService:
             '/rlm.v1.RLMService/CancelCompletion',
             rlm_dot_v1_dot_rlm__service__pb2.CancelCompletionRequest.SerializeToString,
             rlm_dot_v1_dot_rlm__service__pb2.CancelCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/SubmitCompletion',
+            rlm_dot_v1_dot_jobs__pb2.SubmitCompletionRequest.SerializeToString,
+            rlm_dot_v1_dot_jobs__pb2.SubmitCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/GetCompletion',
+            rlm_dot_v1_dot_jobs__pb2.GetCompletionRequest.SerializeToString,
+            rlm_dot_v1_dot_jobs__pb2.GetCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rlm.v1.RLMService/WatchCompletion',
+            rlm_dot_v1_dot_jobs__pb2.WatchCompletionRequest.SerializeToString,
+            rlm_dot_v1_dot_jobs__pb2.WatchCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,
