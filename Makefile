@@ -16,6 +16,7 @@ build:
 
 ## Every test: unit, end-to-end against the real binaries, the REPL driver's, and the Python and Go clients'.
 test: build
+	./tests/deps.sh
 	$(CARGO) test --workspace
 	cd sandbox-agent/driver && python3 -m unittest -q test_rlm_driver
 	./clients/test.sh

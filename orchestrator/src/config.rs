@@ -11,6 +11,7 @@ use rlm_common::tls::{self, TlsFiles};
 
 use crate::model::{EndpointConfig, ModelRef, ModelsConfig, PriceTable, RetryPolicy};
 use crate::queue::QueueSettings;
+use crate::trajectory::StoreLocation;
 
 const MODEL_FORMS: &str = "PROVIDER/MODEL (openai/..., anthropic/...) or scripted:FILE";
 
@@ -46,6 +47,10 @@ pub struct Cli {
     /// Directory for trajectory files [default: ./rlm-logs].
     #[arg(long, env = "RLM_LOG_DIR", value_name = "DIR")]
     pub log_dir: Option<String>,
+    /// Trajectory store: file:///abs/path or s3://bucket/prefix (AWS_* env
+    /// for credentials and endpoint); when set, RLM_LOG_DIR is not used.
+    #[arg(long, env = "RLM_TRAJECTORY_STORE", value_name = "URL")]
+    pub trajectory_store: Option<String>,
     /// Default root model, e.g. openai/gpt-4o or scripted:/path/turns.txt.
     #[arg(long, env = "RLM_MODEL", value_name = "PROVIDER/MODEL")]
     pub model: Option<String>,
@@ -201,6 +206,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub sandbox_endpoint: Address,
     pub log_dir: PathBuf,
+    /// Where trajectories go: `trajectory_store` when set, else `log_dir`.
+    pub trajectory_store: StoreLocation,
     pub model: Option<String>,
     pub llm_base_url: String,
     pub sub_model: Option<String>,
@@ -433,6 +440,21 @@ impl Config {
             ADDRESS_FORMS,
             Address::parse,
         )?;
+        let log_dir = settings.get("log_dir", "rlm-logs", "a directory path", |v| {
+            if v.trim().is_empty() {
+                Err("must not be empty".to_owned())
+            } else {
+                Ok(PathBuf::from(v))
+            }
+        })?;
+        let trajectory_store = settings
+            .get(
+                "trajectory_store",
+                "",
+                "file:///abs/path or s3://bucket/prefix",
+                |v| optional(v)?.map(|v| StoreLocation::parse(&v)).transpose(),
+            )?
+            .unwrap_or_else(|| StoreLocation::Dir(log_dir.clone()));
         Ok(Self {
             listen: settings.get(
                 "listen",
@@ -446,13 +468,8 @@ impl Config {
                 "HOST:PORT, tcp://HOST:PORT",
                 Address::parse_tcp,
             )?,
-            log_dir: settings.get("log_dir", "rlm-logs", "a directory path", |v| {
-                if v.trim().is_empty() {
-                    Err("must not be empty".to_owned())
-                } else {
-                    Ok(PathBuf::from(v))
-                }
-            })?,
+            log_dir,
+            trajectory_store,
             model: settings.get("model", "", MODEL_FORMS, model_ref)?,
             sub_model: settings.get("sub_model", "", MODEL_FORMS, model_ref)?,
             models: models_config(settings, &llm_base_url)?,

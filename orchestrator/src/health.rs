@@ -2,12 +2,12 @@
 //! and trajectory storage, in the deployment guide's JSON shape.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::sandbox_client::SandboxConnection;
+use crate::trajectory::TrajectoryStore;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -50,7 +50,8 @@ pub struct HealthReport {
 /// What the checks need.
 pub struct HealthChecks {
     pub sandbox: SandboxConnection,
-    pub log_dir: std::path::PathBuf,
+    /// The trajectory store (a directory or a bucket).
+    pub storage: TrajectoryStore,
     pub model: Option<String>,
     pub llm_base_url: String,
     pub http: reqwest::Client,
@@ -74,7 +75,7 @@ impl HealthChecks {
     pub async fn report(&self, shutting_down: bool) -> HealthReport {
         let (sandbox, storage, llm) = tokio::join!(
             self.sandbox.check_health(CHECK_TIMEOUT),
-            check_storage(&self.log_dir),
+            check_storage(&self.storage),
             self.check_llm(),
         );
         let mut details = BTreeMap::new();
@@ -135,14 +136,15 @@ impl HealthChecks {
     }
 }
 
-/// The trajectory directory exists (or can be created) and accepts a write.
-async fn check_storage(dir: &Path) -> Result<(), String> {
-    let probe = dir.join(format!(".health-{}", std::process::id()));
-    let result = async {
-        tokio::fs::create_dir_all(dir).await?;
-        tokio::fs::write(&probe, b"ok").await?;
-        tokio::fs::remove_file(&probe).await
-    }
-    .await;
-    result.map_err(|err| format!("{}: {err}", dir.display()))
+/// The trajectory store accepts a write (and the delete of the probe), in
+/// time: a bucket that hangs is as unhealthy as one that refuses.
+async fn check_storage(store: &TrajectoryStore) -> Result<(), String> {
+    tokio::time::timeout(CHECK_TIMEOUT, store.check_writable())
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "{}: no answer within {CHECK_TIMEOUT:?}",
+                store.describe()
+            ))
+        })
 }

@@ -53,12 +53,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let (router_with_std, reporter) =
         server::with_standard_services(&mut builder, &[rlm_proto::FILE_DESCRIPTOR_SET])?;
-    let store = TrajectoryStore::open(&config.log_dir).with_context(|| {
-        format!(
-            "trajectory directory {} (RLM_LOG_DIR)",
-            config.log_dir.display()
-        )
-    })?;
+    let store = TrajectoryStore::open_location(&config.trajectory_store)
+        .with_context(|| {
+            format!(
+                "trajectory store {} (RLM_TRAJECTORY_STORE, else RLM_LOG_DIR)",
+                config.trajectory_store
+            )
+        })?
+        .on_write_error({
+            let metrics = metrics.clone();
+            move || metrics.count_error("trajectory_write")
+        });
+    tracing::info!(store = %config.trajectory_store, "trajectory store");
     // The viewer reads the same store (a clone shares which ids are running).
     let trajectories = store.clone();
     let models = Models::new(config.models.clone()).context("model clients")?;
@@ -94,7 +100,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "no API keys configured (RLM_API_KEYS_FILE): every client that reaches the gRPC port may run completions"
         ),
     }
-    let viewer = Viewer::new(trajectories, keys.clone());
+    let viewer = Viewer::new(trajectories.clone(), keys.clone());
     let grpc = router_with_std.add_service(InterceptedService::new(
         RlmServiceServer::new(api)
             .max_decoding_message_size(16 << 20)
@@ -110,7 +116,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         health: Arc::new(HealthChecks {
             sandbox,
-            log_dir: config.log_dir.clone(),
+            storage: trajectories.clone(),
             model: config.model.clone(),
             llm_base_url: config.llm_base_url.clone(),
             http: reqwest::Client::builder()
@@ -166,6 +172,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Completions still running after the drain are cancelled and their
     // sessions destroyed before the process exits.
     engine.shutdown(std::time::Duration::from_secs(10)).await;
+    // Their last segments are stored already; this lets the uploads that
+    // consolidate them end too.
+    if !trajectories.drain(std::time::Duration::from_secs(10)).await {
+        tracing::warn!("some trajectory uploads did not end in time");
+    }
     http.abort();
     tracing::info!("rlm-orchestrator stopped");
     telemetry.shutdown().await;

@@ -228,11 +228,12 @@ impl RlmService for RlmApi {
     ) -> Result<Response<GetTrajectoryResponse>, Status> {
         let started = Instant::now();
         let id = request.into_inner().trajectory_id;
-        let store = self.engine.store().clone();
-        let result = tokio::task::spawn_blocking(move || store.read(&id))
+        let result = self
+            .engine
+            .store()
+            .read(&id)
             .await
-            .map_err(|e| Status::internal(e.to_string()))
-            .and_then(|r| r.map_err(trajectory_status))
+            .map_err(trajectory_status)
             .map(|trajectory| {
                 Response::new(GetTrajectoryResponse {
                     trajectory: Some(trajectory),
@@ -247,7 +248,6 @@ impl RlmService for RlmApi {
     ) -> Result<Response<ListTrajectoriesResponse>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let store = self.engine.store().clone();
         let Ok(status) = TrajectoryStatus::try_from(r.status) else {
             let error = Status::invalid_argument(format!("status: unknown value {}", r.status));
             return self.finish("ListTrajectories", started, Err(error));
@@ -257,21 +257,22 @@ impl RlmService for RlmApi {
         } else {
             r.page_size as usize
         };
-        let result = tokio::task::spawn_blocking(move || {
-            store.list_matching(page_size, &r.page_token, |s| {
+        let metadata = r.metadata;
+        let result = self
+            .engine
+            .store()
+            .list_matching(page_size, &r.page_token, move |s| {
                 (status == TrajectoryStatus::Unspecified || s.status == status as i32)
-                    && r.metadata.iter().all(|(k, v)| s.metadata.get(k) == Some(v))
+                    && metadata.iter().all(|(k, v)| s.metadata.get(k) == Some(v))
             })
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))
-        .and_then(|r| r.map_err(trajectory_status))
-        .map(|(trajectories, next_page_token)| {
-            Response::new(ListTrajectoriesResponse {
-                trajectories,
-                next_page_token,
-            })
-        });
+            .await
+            .map_err(trajectory_status)
+            .map(|(trajectories, next_page_token)| {
+                Response::new(ListTrajectoriesResponse {
+                    trajectories,
+                    next_page_token,
+                })
+            });
         self.finish("ListTrajectories", started, result)
     }
 
@@ -286,7 +287,7 @@ impl RlmService for RlmApi {
         } else {
             match self.queue.cancel(&r.completion_id, &r.reason).await {
                 Ok(Some(was_running)) => Ok(was_running),
-                Ok(None) => self.engine.cancel(&r.completion_id, &r.reason),
+                Ok(None) => self.engine.cancel(&r.completion_id, &r.reason).await,
                 Err(status) => Err(status),
             }
             .map(|was_running| Response::new(CancelCompletionResponse { was_running }))

@@ -14,6 +14,15 @@
 //!
 //! The line format is this module's own serde types (proto messages have no
 //! serde); [`TrajectoryStore::read`] converts them to the proto `Trajectory`.
+//!
+//! Two backends store the lines: a directory (`RLM_LOG_DIR`, the default),
+//! one `<id>.jsonl` file per trajectory appended line by line, and an
+//! S3-compatible bucket (`RLM_TRAJECTORY_STORE=s3://bucket/prefix`, see
+//! [`object`]) shared by every replica. The API is the same on both.
+
+mod object;
+
+pub use object::{ObjectBackend, ObjectSettings};
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -38,6 +47,70 @@ pub const PROMPT_PREVIEW_CHARS: usize = 200;
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Files larger than this are summarised from a tail read, not a full read.
 const TAIL_BYTES: u64 = 1024 * 1024;
+
+/// Called once per trajectory whose background upload failed (the object
+/// backend; the file backend returns its errors from the append instead).
+pub type WriteErrorHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Where trajectories are stored (`RLM_TRAJECTORY_STORE`, else `RLM_LOG_DIR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory: `file:///abs/path`, or `RLM_LOG_DIR`.
+    Dir(PathBuf),
+    /// An S3-compatible bucket: `s3://bucket/prefix`.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix, without leading or trailing `/` (may be empty).
+        prefix: String,
+    },
+}
+
+impl StoreLocation {
+    /// Parses `file:///abs/path` or `s3://bucket[/prefix]`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err("file:// needs an absolute path (file:///var/log/rlm)".to_owned());
+            }
+            return Ok(Self::Dir(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !bucket_ok {
+                return Err(format!(
+                    "bucket {bucket:?}: 3 to 63 lowercase letters, digits, '-' or '.'"
+                ));
+            }
+            let prefix = prefix.trim_matches('/');
+            if prefix.split('/').any(|p| p == "." || p == "..")
+                || prefix.contains("//")
+                || prefix.chars().any(char::is_control)
+            {
+                return Err(format!("prefix {prefix:?}: not a clean key prefix"));
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            });
+        }
+        Err("file:///abs/path or s3://bucket/prefix".to_owned())
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(dir) => write!(f, "file://{}", dir.display()),
+            Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
 
 /// Errors of the trajectory store.
 #[derive(Debug, thiserror::Error)]
@@ -471,6 +544,45 @@ impl EventBody {
     }
 }
 
+/// Usage and root iterations of the lines seen so far (what a running
+/// trajectory's summary shows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Usage of the model calls recorded.
+    pub usage: UsageRecord,
+    /// Iterations of the root RLM started.
+    pub iterations: u32,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            usage: UsageRecord {
+                cost_known: true,
+                ..Default::default()
+            },
+            iterations: 0,
+        }
+    }
+}
+
+impl Progress {
+    /// Counts `line` in.
+    pub fn observe(&mut self, line: &TrajectoryLine) {
+        match &line.body {
+            EventBody::ModelCall(m) => {
+                self.usage.input_tokens += m.input_tokens;
+                self.usage.output_tokens += m.output_tokens;
+                self.usage.calls += 1;
+                self.usage.cost_usd += m.cost_usd.unwrap_or(0.0);
+                self.usage.cost_known &= m.cost_usd.is_some();
+            }
+            EventBody::IterationStarted { .. } if line.node == "0" => self.iterations += 1,
+            _ => {}
+        }
+    }
+}
+
 /// One line of a trajectory file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrajectoryLine {
@@ -493,16 +605,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Directory of trajectory files (`RLM_LOG_DIR`).
-#[derive(Debug, Clone)]
+/// Where the lines go.
+#[derive(Clone)]
+enum Backend {
+    /// One `<id>.jsonl` file per trajectory in this directory.
+    Dir(PathBuf),
+    /// Objects in a bucket (see [`object`]).
+    Object(Arc<ObjectBackend>),
+}
+
+/// The trajectory store: a directory (`RLM_LOG_DIR`) or an S3-compatible
+/// bucket (`RLM_TRAJECTORY_STORE`). Clones share the record of which
+/// trajectories this process is writing.
+#[derive(Clone)]
 pub struct TrajectoryStore {
-    dir: PathBuf,
+    backend: Backend,
     max_text_bytes: usize,
     active: Active,
+    on_write_error: Option<WriteErrorHook>,
+}
+
+impl std::fmt::Debug for TrajectoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrajectoryStore")
+            .field("location", &self.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a writer's lines go.
+enum Output {
+    /// Written through at once (a file, or a sink that discards).
+    File(Box<dyn Write + Send>),
+    /// Buffered for the upload task of the object backend.
+    Object(object::ObjectSink),
 }
 
 struct WriterState {
-    file: Box<dyn Write + Send>,
+    output: Output,
     next_seq: u64,
     failed: bool,
 }
@@ -529,12 +669,12 @@ impl std::fmt::Debug for TrajectoryWriter {
 
 impl TrajectoryWriter {
     fn new(id: String, file: File, max_text_bytes: usize, active: Option<Active>) -> Self {
-        Self::with_output(id, Box::new(file), max_text_bytes, active)
+        Self::with_output(id, Output::File(Box::new(file)), max_text_bytes, active)
     }
 
     fn with_output(
         id: String,
-        file: Box<dyn Write + Send>,
+        output: Output,
         max_text_bytes: usize,
         active: Option<Active>,
     ) -> Self {
@@ -543,7 +683,7 @@ impl TrajectoryWriter {
             header: None,
             max_text_bytes,
             state: Mutex::new(WriterState {
-                file,
+                output,
                 next_seq: 0,
                 failed: false,
             }),
@@ -554,7 +694,12 @@ impl TrajectoryWriter {
     /// A writer that records nothing (its file could not be created) but
     /// still numbers and converts events, so the completion runs unchanged.
     pub fn detached(id: &str, header: TrajectoryHeader) -> Self {
-        let mut writer = Self::with_output(id.to_owned(), Box::new(io::sink()), usize::MAX, None);
+        let mut writer = Self::with_output(
+            id.to_owned(),
+            Output::File(Box::new(io::sink())),
+            usize::MAX,
+            None,
+        );
         let started = rfc3339(SystemTime::now());
         lock(&writer.state).failed = true;
         lock(&writer.state).next_seq = 1;
@@ -609,8 +754,13 @@ impl TrajectoryWriter {
             .map_err(io::Error::other)
             .and_then(|mut bytes| {
                 bytes.push(b'\n');
-                st.file.write_all(&bytes)?;
-                st.file.flush()
+                match &mut st.output {
+                    Output::File(file) => {
+                        file.write_all(&bytes)?;
+                        file.flush()
+                    }
+                    Output::Object(sink) => sink.push(&line, &bytes),
+                }
             });
         match result {
             Ok(()) => (line, None),
@@ -641,10 +791,28 @@ impl TrajectoryWriter {
 
 impl TrajectoryWriter {
     /// Marks the trajectory as no longer running (its last event is
-    /// written, or lost): readers then see FINISHED or INCOMPLETE.
+    /// written, or lost): readers then see FINISHED or INCOMPLETE. On the
+    /// object backend, the upload task then stores what is left and ends.
     pub fn close(&self) {
         if let Some(active) = &self.active {
             lock(active).remove(&self.id);
+        }
+        if let Output::Object(sink) = &lock(&self.state).output {
+            sink.close();
+        }
+    }
+
+    /// After [`close`](Self::close): waits until the last line is stored
+    /// (immediately on the file backend; on the object backend until the
+    /// last segment is uploaded, or its bounded wait ends), so every
+    /// replica reads the result once the caller has it.
+    pub async fn settled(&self) {
+        let wait = match &lock(&self.state).output {
+            Output::Object(sink) => Some(sink.settled()),
+            Output::File(_) => None,
+        };
+        if let Some(wait) = wait {
+            wait.await;
         }
     }
 }
@@ -872,16 +1040,79 @@ fn spec_of(header: &TrajectoryHeader) -> CompletionSpec {
     }
 }
 
+/// A summary; `usage_so_far` and `iterations_so_far` count when there is
+/// no result yet.
+fn summary(
+    id: &str,
+    header: &TrajectoryHeader,
+    started_at: Option<SystemTime>,
+    result: Option<&CompletionResult>,
+    usage_so_far: Usage,
+    iterations_so_far: u32,
+    status: TrajectoryStatus,
+) -> TrajectorySummary {
+    let elapsed = started_at
+        .and_then(|s| SystemTime::now().duration_since(s).ok())
+        .unwrap_or_default();
+    TrajectorySummary {
+        trajectory_id: id.to_owned(),
+        completion_id: header.completion_id.clone(),
+        prompt_preview: header.prompt_preview.clone(),
+        status: status as i32,
+        termination_reason: result.map_or(0, |r| r.termination_reason),
+        started_at: started_at.map(Into::into),
+        duration: match result {
+            Some(r) => r.duration,
+            None => elapsed.try_into().ok(),
+        },
+        total_usage: Some(match result {
+            Some(r) => r.total_usage.unwrap_or_default(),
+            None => usage_so_far,
+        }),
+        iterations: result.map_or(iterations_so_far, |r| r.iterations),
+        root_model: header.root_model.clone(),
+        metadata: header.metadata.clone().into_iter().collect(),
+    }
+}
+
 impl TrajectoryStore {
     /// A store rooted at `dir` (created if missing).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, TrajectoryError> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        Ok(Self {
-            dir,
+        Ok(Self::with_backend(Backend::Dir(dir)))
+    }
+
+    /// A store in a bucket or in-memory object store.
+    pub fn with_objects(backend: ObjectBackend) -> Self {
+        Self::with_backend(Backend::Object(Arc::new(backend)))
+    }
+
+    /// The store at `location` (an S3 bucket is configured from the
+    /// standard AWS environment).
+    pub fn open_location(location: &StoreLocation) -> Result<Self, TrajectoryError> {
+        match location {
+            StoreLocation::Dir(dir) => Self::open(dir.clone()),
+            StoreLocation::S3 { bucket, prefix } => {
+                Ok(Self::with_objects(ObjectBackend::s3(bucket, prefix)?))
+            }
+        }
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        Self {
+            backend,
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
             active: Arc::default(),
-        })
+            on_write_error: None,
+        }
+    }
+
+    /// Calls `hook` once for each trajectory whose background upload fails
+    /// (the object backend); file write errors come back from the appends.
+    pub fn on_write_error(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_write_error = Some(Arc::new(hook));
+        self
     }
 
     /// Sets the per-text cap applied to appended events.
@@ -890,21 +1121,74 @@ impl TrajectoryStore {
         self
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where it stores, for messages.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Dir(dir) => dir.display().to_string(),
+            Backend::Object(objects) => objects.describe(),
+        }
     }
 
     fn path(&self, id: &str) -> Result<PathBuf, TrajectoryError> {
         if !valid_id(id) {
             return Err(TrajectoryError::InvalidId(id.to_owned()));
         }
-        Ok(self.dir.join(format!("{id}.jsonl")))
+        match &self.backend {
+            Backend::Dir(dir) => Ok(dir.join(format!("{id}.jsonl"))),
+            Backend::Object(_) => Err(TrajectoryError::Io(io::Error::other(
+                "no file path: the store is an object store",
+            ))),
+        }
     }
 
-    /// Creates `<dir>/<id>.jsonl` (exclusively: an existing file or symlink
-    /// at that path is refused) and writes the header line (`seq` 0).
+    /// Starts the trajectory `id` with its header line (`seq` 0). A
+    /// directory gets `<dir>/<id>.jsonl`, created exclusively (an existing
+    /// file or symlink at that path is refused); an object store gets the
+    /// header buffered for the writer's upload task (ids are fresh UUIDs,
+    /// so no existence check is made: that would cost a request here).
     pub fn create(
+        &self,
+        id: &str,
+        header: TrajectoryHeader,
+    ) -> Result<TrajectoryWriter, TrajectoryError> {
+        match &self.backend {
+            Backend::Dir(_) => self.create_file(id, header),
+            Backend::Object(objects) => self.create_object(objects, id, header),
+        }
+    }
+
+    fn create_object(
+        &self,
+        objects: &Arc<ObjectBackend>,
+        id: &str,
+        header: TrajectoryHeader,
+    ) -> Result<TrajectoryWriter, TrajectoryError> {
+        if !valid_id(id) {
+            return Err(TrajectoryError::InvalidId(id.to_owned()));
+        }
+        let line = TrajectoryLine {
+            seq: 0,
+            ts: rfc3339(SystemTime::now()),
+            node: "0".to_owned(),
+            depth: 0,
+            body: EventBody::CompletionStarted(header.clone()),
+        };
+        let mut bytes = serde_json::to_vec(&line).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let sink = objects.start_writer(id, &header, &line.ts, bytes, self.on_write_error.clone());
+        lock(&self.active).insert(id.to_owned());
+        let mut writer = TrajectoryWriter::with_output(
+            id.to_owned(),
+            Output::Object(sink),
+            self.max_text_bytes,
+            Some(Arc::clone(&self.active)),
+        );
+        lock(&writer.state).next_seq = 1;
+        writer.header = Some((header, line.ts));
+        Ok(writer)
+    }
+
+    fn create_file(
         &self,
         id: &str,
         header: TrajectoryHeader,
@@ -939,39 +1223,31 @@ impl TrajectoryStore {
         Ok(writer)
     }
 
-    fn status(&self, id: &str, finished: bool) -> TrajectoryStatus {
+    /// `live`: another replica's writer is known to be running it (a
+    /// fresh heartbeat in the object store).
+    fn status(&self, id: &str, finished: bool, live: bool) -> TrajectoryStatus {
         if finished {
             TrajectoryStatus::Finished
-        } else if lock(&self.active).contains(id) {
+        } else if live || lock(&self.active).contains(id) {
             TrajectoryStatus::Running
         } else {
             TrajectoryStatus::Incomplete
         }
     }
 
-    fn build(&self, id: &str, lines: &[TrajectoryLine]) -> Result<Trajectory, TrajectoryError> {
+    fn build(
+        &self,
+        id: &str,
+        lines: &[TrajectoryLine],
+        live: bool,
+    ) -> Result<Trajectory, TrajectoryError> {
         let (header, started) = header_of(id, lines)?;
         let completion_id = header.completion_id.clone();
         let mut events = Vec::with_capacity(lines.len());
         let mut result = None;
-        let mut usage = Usage {
-            cost_known: true,
-            ..Default::default()
-        };
-        let mut iterations = 0u32;
+        let mut progress = Progress::default();
         for line in lines.iter().skip(1) {
-            match &line.body {
-                EventBody::ModelCall(m) => {
-                    let u = call_usage(m);
-                    usage.input_tokens += u.input_tokens;
-                    usage.output_tokens += u.output_tokens;
-                    usage.calls += 1;
-                    usage.cost_usd += u.cost_usd;
-                    usage.cost_known &= u.cost_known;
-                }
-                EventBody::IterationStarted { .. } if line.node == "0" => iterations += 1,
-                _ => {}
-            }
+            progress.observe(line);
             let Some(event) = to_event(id, &header, &started, line) else {
                 continue;
             };
@@ -988,9 +1264,26 @@ impl TrajectoryStore {
             });
         }
         let started_at = parse_rfc3339(&started);
+        let status = self.status(id, result.is_some(), live);
         let summary = match &result {
-            Some(r) => self.summary(id, &header, started_at, Some(r), Usage::default(), 0),
-            None => self.summary(id, &header, started_at, None, usage, iterations),
+            Some(r) => summary(
+                id,
+                &header,
+                started_at,
+                Some(r),
+                Usage::default(),
+                0,
+                status,
+            ),
+            None => summary(
+                id,
+                &header,
+                started_at,
+                None,
+                (&progress.usage).into(),
+                progress.iterations,
+                status,
+            ),
         };
         Ok(Trajectory {
             summary: Some(summary),
@@ -1000,73 +1293,164 @@ impl TrajectoryStore {
         })
     }
 
-    fn summary(
-        &self,
-        id: &str,
-        header: &TrajectoryHeader,
-        started_at: Option<SystemTime>,
-        result: Option<&CompletionResult>,
-        usage_so_far: Usage,
-        iterations_so_far: u32,
-    ) -> TrajectorySummary {
-        let status = self.status(id, result.is_some());
-        let elapsed = started_at
-            .and_then(|s| SystemTime::now().duration_since(s).ok())
-            .unwrap_or_default();
-        TrajectorySummary {
-            trajectory_id: id.to_owned(),
-            completion_id: header.completion_id.clone(),
-            prompt_preview: header.prompt_preview.clone(),
-            status: status as i32,
-            termination_reason: result.map_or(0, |r| r.termination_reason),
-            started_at: started_at.map(Into::into),
-            duration: match result {
-                Some(r) => r.duration,
-                None => elapsed.try_into().ok(),
-            },
-            total_usage: Some(match result {
-                Some(r) => r.total_usage.unwrap_or_default(),
-                None => usage_so_far,
-            }),
-            iterations: result.map_or(iterations_so_far, |r| r.iterations),
-            root_model: header.root_model.clone(),
-            metadata: header.metadata.clone().into_iter().collect(),
-        }
+    /// The summary of an object-store trajectory, from its summary object.
+    fn summary_of_stored(&self, id: &str, stored: object::StoredSummary) -> TrajectorySummary {
+        let r = &stored.record;
+        let result = r
+            .finished
+            .as_ref()
+            .map(|f| result_of(id, &r.header, &r.started, f));
+        summary(
+            id,
+            &r.header,
+            parse_rfc3339(&r.started),
+            result.as_ref(),
+            (&r.progress.usage).into(),
+            r.progress.iterations,
+            self.status(id, result.is_some(), stored.live),
+        )
     }
 
-    /// Reads a trajectory (also while it is being written). A cut last line
-    /// is ignored.
-    pub fn read(&self, id: &str) -> Result<Trajectory, TrajectoryError> {
-        let path = self.path(id)?;
-        let mut text = String::new();
-        let mut bytes = Vec::new();
-        open_nofollow(&path, id)?.read_to_end(&mut bytes)?;
-        text.push_str(&String::from_utf8_lossy(&bytes));
-        let lines = parse_lines(id, &text)?;
-        self.build(id, &lines)
+    /// Reads a trajectory (also while it is being written, on this or, with
+    /// an object store, another replica). A cut last line is ignored.
+    pub async fn read(&self, id: &str) -> Result<Trajectory, TrajectoryError> {
+        match &self.backend {
+            Backend::Dir(_) => {
+                let (store, id) = (self.clone(), id.to_owned());
+                blocking(move || store.read_file(&id)).await
+            }
+            Backend::Object(objects) => {
+                let (lines, live) = self.load_object(objects, id).await?;
+                self.build(id, &lines, live)
+            }
+        }
     }
 
     /// The recorded lines of a trajectory as written (header first; a cut
     /// last line is ignored) and its status. Same id checks and symlink
     /// guard as [`read`](Self::read). Used by the HTTP trajectory viewer.
-    pub fn read_lines(
+    pub async fn read_lines(
         &self,
         id: &str,
     ) -> Result<(Vec<TrajectoryLine>, TrajectoryStatus), TrajectoryError> {
-        let path = self.path(id)?;
-        let mut bytes = Vec::new();
-        open_nofollow(&path, id)?.read_to_end(&mut bytes)?;
-        let lines = parse_lines(id, &String::from_utf8_lossy(&bytes))?;
+        let (lines, live) = match &self.backend {
+            Backend::Dir(_) => {
+                let (store, id) = (self.clone(), id.to_owned());
+                blocking(move || store.lines_file(&id)).await?
+            }
+            Backend::Object(objects) => self.load_object(objects, id).await?,
+        };
         header_of(id, &lines)?;
         let finished = lines
             .iter()
             .any(|l| matches!(l.body, EventBody::CompletionFinished(_)));
-        Ok((lines, self.status(id, finished)))
+        let status = self.status(id, finished, live);
+        Ok((lines, status))
+    }
+
+    /// The lines of an object-store trajectory, and whether a replica is
+    /// still writing it.
+    async fn load_object(
+        &self,
+        objects: &ObjectBackend,
+        id: &str,
+    ) -> Result<(Vec<TrajectoryLine>, bool), TrajectoryError> {
+        if !valid_id(id) {
+            return Err(TrajectoryError::InvalidId(id.to_owned()));
+        }
+        let loaded = objects.load(id).await?;
+        Ok((parse_lines(id, &loaded.text)?, loaded.summary.live))
+    }
+
+    fn lines_file(&self, id: &str) -> Result<(Vec<TrajectoryLine>, bool), TrajectoryError> {
+        let path = self.path(id)?;
+        let mut bytes = Vec::new();
+        open_nofollow(&path, id)?.read_to_end(&mut bytes)?;
+        Ok((parse_lines(id, &String::from_utf8_lossy(&bytes))?, false))
+    }
+
+    fn read_file(&self, id: &str) -> Result<Trajectory, TrajectoryError> {
+        let (lines, live) = self.lines_file(id)?;
+        self.build(id, &lines, live)
+    }
+
+    /// Lists summaries, newest first: by modification time in a directory,
+    /// by start time in an object store (whose index keeps that order, so a
+    /// page costs one LIST and a summary read per entry). `page_token` is
+    /// empty for the first page, else the token returned by the previous
+    /// call; the returned token is empty on the last page. Unreadable or
+    /// corrupt entries are skipped.
+    pub async fn list(
+        &self,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<TrajectorySummary>, String), TrajectoryError> {
+        self.list_matching(page_size, page_token, |_| true).await
+    }
+
+    /// [`list`](Self::list) keeping only the summaries `keep` accepts.
+    pub async fn list_matching(
+        &self,
+        page_size: usize,
+        page_token: &str,
+        keep: impl Fn(&TrajectorySummary) -> bool + Send + 'static,
+    ) -> Result<(Vec<TrajectorySummary>, String), TrajectoryError> {
+        let page_size = page_size.clamp(1, 1000);
+        match &self.backend {
+            Backend::Dir(_) => {
+                let (store, token) = (self.clone(), page_token.to_owned());
+                blocking(move || store.list_file(page_size, &token, keep)).await
+            }
+            Backend::Object(objects) => {
+                let after = match page_token {
+                    "" => None,
+                    t if object::index_id(t).is_some() => Some(t),
+                    _ => return Err(TrajectoryError::InvalidPageToken),
+                };
+                let (page, next) = objects
+                    .list(after, page_size, |id, stored| {
+                        let s = self.summary_of_stored(id, stored);
+                        keep(&s).then_some(s)
+                    })
+                    .await?;
+                Ok((page, next.unwrap_or_default()))
+            }
+        }
+    }
+
+    /// The `/health` storage check: the directory exists (or can be
+    /// created) and accepts a write; the bucket accepts a put and a delete.
+    pub async fn check_writable(&self) -> Result<(), String> {
+        match &self.backend {
+            Backend::Dir(dir) => {
+                let probe = dir.join(format!(".health-{}", std::process::id()));
+                let result = async {
+                    tokio::fs::create_dir_all(dir).await?;
+                    tokio::fs::write(&probe, b"ok").await?;
+                    tokio::fs::remove_file(&probe).await
+                }
+                .await;
+                result.map_err(|err| format!("{}: {err}", dir.display()))
+            }
+            Backend::Object(objects) => objects
+                .check_writable()
+                .await
+                .map_err(|err| format!("{}: {err}", objects.describe())),
+        }
+    }
+
+    /// At shutdown: waits up to `deadline` for background uploads to end
+    /// (false when some did not). Nothing to wait for in a directory.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        match &self.backend {
+            Backend::Dir(_) => true,
+            Backend::Object(objects) => objects.drain(deadline).await,
+        }
     }
 
     /// Summary of one trajectory: from the first and last lines when the
     /// last line is the result, else from a full read (running/incomplete).
-    fn summarize(&self, id: &str) -> Result<TrajectorySummary, TrajectoryError> {
+    fn summarize_file(&self, id: &str) -> Result<TrajectorySummary, TrajectoryError> {
         let path = self.path(id)?;
         let mut file = open_nofollow(&path, id)?;
         let len = file.metadata()?.len();
@@ -1100,32 +1484,35 @@ impl TrajectoryStore {
             {
                 let r = result_of(id, &header, &ts, &f);
                 let started = parse_rfc3339(&ts);
-                return Ok(self.summary(id, &header, started, Some(&r), Usage::default(), 0));
+                let status = self.status(id, true, false);
+                return Ok(summary(
+                    id,
+                    &header,
+                    started,
+                    Some(&r),
+                    Usage::default(),
+                    0,
+                    status,
+                ));
             }
         }
-        let t = self.read(id)?;
+        let t = self.read_file(id)?;
         Ok(t.summary.unwrap_or_default())
     }
 
-    /// Lists summaries, most recently modified first. `page_token` is empty
-    /// for the first page, else the token returned by the previous call; the
-    /// returned token is empty on the last page. Unreadable or corrupt
-    /// files are skipped.
-    pub fn list(
-        &self,
-        page_size: usize,
-        page_token: &str,
-    ) -> Result<(Vec<TrajectorySummary>, String), TrajectoryError> {
-        self.list_matching(page_size, page_token, |_| true)
-    }
-
-    /// [`list`](Self::list) keeping only the summaries `keep` accepts.
-    pub fn list_matching(
+    /// [`list_matching`](Self::list_matching) in a directory: most recently
+    /// modified first.
+    fn list_file(
         &self,
         page_size: usize,
         page_token: &str,
         keep: impl Fn(&TrajectorySummary) -> bool,
     ) -> Result<(Vec<TrajectorySummary>, String), TrajectoryError> {
+        let Backend::Dir(dir) = &self.backend else {
+            return Err(TrajectoryError::Io(io::Error::other(
+                "not a directory store",
+            )));
+        };
         let cursor = if page_token.is_empty() {
             None
         } else {
@@ -1141,7 +1528,7 @@ impl TrajectoryStore {
             Some((nanos, id.to_owned()))
         };
         let mut entries: Vec<(u128, String)> = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
+        for entry in fs::read_dir(dir)? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".jsonl")) else {
@@ -1166,13 +1553,12 @@ impl TrajectoryStore {
                 entries.partition_point(|(m, i)| m > nanos || (m == nanos && i <= id))
             }
         };
-        let page_size = page_size.clamp(1, 1000);
         let mut out = Vec::new();
         let mut last = None;
         let mut idx = start;
         while idx < entries.len() && out.len() < page_size {
             let (mtime, id) = &entries[idx];
-            match self.summarize(id) {
+            match self.summarize_file(id) {
                 Ok(s) if keep(&s) => out.push(s),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(trajectory = %id, error = %e, "skipping trajectory"),
@@ -1189,11 +1575,20 @@ impl TrajectoryStore {
     }
 }
 
+/// Runs file I/O off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TrajectoryError> + Send + 'static,
+) -> Result<T, TrajectoryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TrajectoryError::Io(io::Error::other(e)))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn header(cid: &str) -> TrajectoryHeader {
+    pub(super) fn header(cid: &str) -> TrajectoryHeader {
         TrajectoryHeader {
             completion_id: cid.to_owned(),
             prompt_preview: prompt_preview(&"p".repeat(500)),
@@ -1208,7 +1603,7 @@ mod tests {
         }
     }
 
-    fn call(model: &str, cost: Option<f64>) -> EventBody {
+    pub(super) fn call(model: &str, cost: Option<f64>) -> EventBody {
         EventBody::ModelCall(ModelCallRecord {
             model: model.to_owned(),
             iteration: 1,
@@ -1221,7 +1616,7 @@ mod tests {
         })
     }
 
-    fn finished() -> EventBody {
+    pub(super) fn finished() -> EventBody {
         EventBody::CompletionFinished(FinishedRecord {
             answer: "42".to_owned(),
             termination_reason: TerminationReason::Final,
@@ -1242,7 +1637,7 @@ mod tests {
         })
     }
 
-    fn write_tree(store: &TrajectoryStore, id: &str) {
+    pub(super) fn write_tree(store: &TrajectoryStore, id: &str) {
         let w = store.create(id, header(id)).expect("create");
         let it = EventBody::IterationStarted {
             iteration: 1,
@@ -1298,12 +1693,12 @@ mod tests {
         w.append("0", 0, finished()).expect("append");
     }
 
-    #[test]
-    fn tree_round_trip() {
+    #[tokio::test]
+    async fn tree_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = TrajectoryStore::open(dir.path()).expect("store");
         write_tree(&store, "t1");
-        let t = store.read("t1").expect("read");
+        let t = store.read("t1").await.expect("read");
         assert_eq!(t.events.len(), 10);
         let seqs: Vec<u64> = t.events.iter().map(|e| e.sequence).collect();
         assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
@@ -1348,8 +1743,8 @@ mod tests {
         assert!(text.contains("\"termination_reason\":\"final\""));
     }
 
-    #[test]
-    fn running_incomplete_and_truncated_last_line() {
+    #[tokio::test]
+    async fn running_incomplete_and_truncated_last_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = TrajectoryStore::open(dir.path()).expect("store");
         let w = store.create("run", header("run")).expect("create");
@@ -1363,7 +1758,7 @@ mod tests {
         )
         .expect("append");
         w.append("0", 0, call("m", None)).expect("append");
-        let t = store.read("run").expect("read");
+        let t = store.read("run").await.expect("read");
         let s = t.summary.expect("summary");
         assert_eq!(s.status, TrajectoryStatus::Running as i32);
         assert_eq!(s.iterations, 1);
@@ -1376,7 +1771,7 @@ mod tests {
             .open(dir.path().join("run.jsonl"))
             .expect("open");
         f.write_all(b"{\"seq\":3,\"ts\":\"20").expect("write");
-        let t = store.read("run").expect("read");
+        let t = store.read("run").await.expect("read");
         assert_eq!(t.events.len(), 2);
         assert!(t.result.is_none());
         assert_eq!(
@@ -1385,8 +1780,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn invalid_ids_and_existing_files_rejected() {
+    #[tokio::test]
+    async fn invalid_ids_and_existing_files_rejected() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = TrajectoryStore::open(dir.path()).expect("store");
         for id in ["", "../x", "a/b", "a.b", "é", &"a".repeat(65)] {
@@ -1394,7 +1789,10 @@ mod tests {
                 store.create(id, header(id)),
                 Err(TrajectoryError::InvalidId(_))
             ));
-            assert!(matches!(store.read(id), Err(TrajectoryError::InvalidId(_))));
+            assert!(matches!(
+                store.read(id).await,
+                Err(TrajectoryError::InvalidId(_))
+            ));
         }
         assert!(valid_id(&"a".repeat(64)) && valid_id("A-z_09"));
         let _w = store.create("dup", header("dup")).expect("create");
@@ -1409,17 +1807,17 @@ mod tests {
         assert!(store.create("link", header("link")).is_err());
         assert_eq!(fs::read(&target).expect("read"), b"secret");
         assert!(matches!(
-            store.read("link"),
+            store.read("link").await,
             Err(TrajectoryError::NotRegular(_))
         ));
         assert!(matches!(
-            store.read("missing"),
+            store.read("missing").await,
             Err(TrajectoryError::NotFound(_))
         ));
     }
 
-    #[test]
-    fn list_pages_newest_first() {
+    #[tokio::test]
+    async fn list_pages_newest_first() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = TrajectoryStore::open(dir.path()).expect("store");
         for i in 0..5 {
@@ -1437,7 +1835,7 @@ mod tests {
         let mut token = String::new();
         let mut pages = 0;
         loop {
-            let (page, next) = store.list(2, &token).expect("list");
+            let (page, next) = store.list(2, &token).await.expect("list");
             pages += 1;
             assert!(page.len() <= 2);
             ids.extend(page.iter().map(|s| s.trajectory_id.clone()));
@@ -1453,7 +1851,7 @@ mod tests {
         assert_eq!(pages, 3);
         assert_eq!(ids, ["t4", "t3", "t2", "t1", "t0"]);
         assert!(matches!(
-            store.list(2, "garbage"),
+            store.list(2, "garbage").await,
             Err(TrajectoryError::InvalidPageToken)
         ));
     }
@@ -1471,7 +1869,7 @@ mod tests {
         }
         w.append("0", 0, big).expect("append");
         w.append("0", 0, finished()).expect("append");
-        let s = store.summarize("big").expect("summary");
+        let s = store.summarize_file("big").expect("summary");
         assert_eq!(s.status, TrajectoryStatus::Finished as i32);
         assert_eq!(s.total_usage.map(|u| u.calls), Some(3));
     }
@@ -1543,7 +1941,7 @@ mod tests {
         assert_eq!(seqs.len(), 1 + 32 * 20);
         seqs.sort_unstable();
         assert_eq!(seqs, (0..=640).collect::<Vec<_>>());
-        let t = store.read("conc").expect("read");
+        let t = store.read("conc").await.expect("read");
         assert_eq!(t.events.len(), 640);
     }
 }

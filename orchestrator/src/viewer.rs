@@ -191,11 +191,9 @@ async fn trajectory_page(State(viewer): State<Viewer>, Path(id): Path<String>) -
     if viewer.keys.is_some() {
         return page(StatusCode::OK);
     }
-    let store = viewer.store.clone();
-    let exists = tokio::task::spawn_blocking(move || store.read_lines(&id).map(drop)).await;
-    match exists {
-        Ok(Ok(())) => page(StatusCode::OK),
-        Ok(Err(TrajectoryError::NotFound(_) | TrajectoryError::NotRegular(_))) => {
+    match viewer.store.read_lines(&id).await.map(drop) {
+        Ok(()) => page(StatusCode::OK),
+        Err(TrajectoryError::NotFound(_) | TrajectoryError::NotRegular(_)) => {
             page(StatusCode::NOT_FOUND)
         }
         // Corrupt or unreadable: the page shows what the API says.
@@ -330,21 +328,19 @@ async fn api_list(State(viewer): State<Viewer>, headers: HeaderMap, uri: Uri) ->
         },
     };
     let token = query_param(&uri, "page_token").unwrap_or_default();
-    let store = viewer.store.clone();
-    let listed = tokio::task::spawn_blocking(move || {
-        store.list_matching(limit, &token, |s| wanted.is_none_or(|w| s.status == w))
-    })
-    .await;
+    let listed = viewer
+        .store
+        .list_matching(limit, &token, move |s| wanted.is_none_or(|w| s.status == w))
+        .await;
     match listed {
-        Ok(Ok((summaries, next))) => json_response(
+        Ok((summaries, next)) => json_response(
             StatusCode::OK,
             &json!({
                 "trajectories": summaries.iter().map(summary_json).collect::<Vec<_>>(),
                 "next_page_token": next,
             }),
         ),
-        Ok(Err(err)) => store_error(err),
-        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(err) => store_error(err),
     }
 }
 
@@ -370,13 +366,8 @@ async fn api_trajectory(
             );
         }
     };
-    let store = viewer.store.clone();
-    let read = {
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || store.read_lines(&id)).await
-    };
-    match read {
-        Ok(Ok((lines, status))) => {
+    match viewer.store.read_lines(&id).await {
+        Ok((lines, status)) => {
             let total = lines.len();
             let last_seq = lines.last().map_or(0, |l| l.seq);
             let lines: Vec<_> = lines
@@ -394,8 +385,7 @@ async fn api_trajectory(
                 }),
             )
         }
-        Ok(Err(err)) => store_error(err),
-        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(err) => store_error(err),
     }
 }
 

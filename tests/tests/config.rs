@@ -100,7 +100,19 @@ fn bad_values_exit_non_zero_naming_the_variable_and_the_forms() {
         &'a [&'a str],
         &'a [&'a str],
     );
-    let cases: [Case; 5] = [
+    let cases: [Case; 7] = [
+        (
+            "rlm-orchestrator",
+            &[("RLM_TRAJECTORY_STORE", "gs://bucket/x")],
+            &[],
+            &["RLM_TRAJECTORY_STORE", "s3://bucket/prefix"],
+        ),
+        (
+            "rlm-orchestrator",
+            &[("RLM_TRAJECTORY_STORE", "file://relative/dir")],
+            &[],
+            &["RLM_TRAJECTORY_STORE", "absolute path"],
+        ),
         (
             "rlm-orchestrator",
             &[("RLM_LISTEN", "nope")],
@@ -187,4 +199,49 @@ async fn json_logs_are_one_object_per_line() {
             "{log}"
         );
     }
+}
+
+/// `RLM_TRAJECTORY_STORE` wins over `RLM_LOG_DIR`: the store's directory is
+/// the one created and probed by `/health`; the log directory is untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn trajectory_store_wins_over_log_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_dir = dir.path().join("log-dir");
+    let store_dir = dir.path().join("store-dir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut orchestrator = Service::start(
+        "rlm-orchestrator",
+        dir.path(),
+        &env(&[
+            ("RLM_LISTEN", format!("127.0.0.1:{}", free_port())),
+            ("RLM_HTTP_LISTEN", http.clone()),
+            (
+                "RLM_SANDBOX_ENDPOINT",
+                format!("unix://{}", dir.path().join("no-agent.sock").display()),
+            ),
+            ("RLM_LOG_DIR", log_dir.display().to_string()),
+            (
+                "RLM_TRAJECTORY_STORE",
+                format!("file://{}", store_dir.display()),
+            ),
+        ]),
+        &[],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        if let Ok(response) = reqwest::get(format!("http://{http}/health")).await {
+            break response.text().await.expect("body");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no /health; log:\n{}",
+            orchestrator.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let report: serde_json::Value = serde_json::from_str(&report).expect("JSON");
+    assert_eq!(report["components"]["storage"], "healthy", "{report:#}");
+    assert!(store_dir.is_dir());
+    assert!(!log_dir.exists());
+    orchestrator.stop();
 }

@@ -1056,7 +1056,7 @@ async fn sigterm_cancels_what_cannot_drain_and_destroys_its_sessions() {
         rlm_orchestrator::trajectory::TrajectoryStore::open(stack.dir.path().join("trajectories"))
             .expect("trajectory store");
     for id in &ids {
-        let trajectory = store.read(id).expect("trajectory");
+        let trajectory = store.read(id).await.expect("trajectory");
         let summary = trajectory.summary.expect("summary");
         assert_eq!(
             (summary.status(), summary.termination_reason()),

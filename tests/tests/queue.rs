@@ -437,7 +437,7 @@ impl Redis {
             .status();
         assert!(
             found.is_ok_and(|s| s.success()),
-            "the fleet queue test needs redis-server: install the Debian package (apt-get install -y redis-server), as .ci/run does"
+            "the fleet queue test needs redis-server: install the Debian package (apt-get install -y redis-server), as tests/deps.sh does (make test runs it)"
         );
         let port = free_port();
         let child = Command::new("redis-server")

@@ -164,12 +164,12 @@ pub fn components(http_addr: &str, report: &Value) -> Vec<Check> {
         ),
     });
     checks.push(match component("storage").as_str() {
-        "healthy" => Check::ok(GROUP, "trajectory storage", "RLM_LOG_DIR is writable"),
+        "healthy" => Check::ok(GROUP, "trajectory storage", "the trajectory store accepts writes"),
         other => Check::fail(
             GROUP,
             "trajectory storage",
             detail_of("storage").unwrap_or_else(|| other.to_owned()),
-            "make the orchestrator's RLM_LOG_DIR an existing, writable directory",
+            "make the orchestrator's RLM_LOG_DIR a writable directory, or give RLM_TRAJECTORY_STORE's bucket access (AWS_* settings)",
         ),
     });
     checks.push(match component("llm").as_str() {

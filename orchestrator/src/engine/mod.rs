@@ -404,7 +404,7 @@ impl Engine {
                         Status::internal(format!("binding the contexts failed: {m}"))
                     }
                 };
-                self.finish(&tree, stopped_before_start(&status));
+                self.finish(&tree, stopped_before_start(&status)).await;
                 return Err(status);
             }
         };
@@ -525,7 +525,7 @@ impl Engine {
         // requests aborted, Execute streams closed, so the agent kills
         // running cells); idle sessions are destroyed once the result is out.
         let iterations = root.budget.node_iterations();
-        self.finish(&tree, (end, iterations))
+        self.finish(&tree, (end, iterations)).await
     }
 
     /// Why a completion was cancelled when CancelCompletion gave no reason.
@@ -537,7 +537,7 @@ impl Engine {
         }
     }
 
-    fn finish(&self, tree: &Tree, (end, iterations): (NodeEnd, u32)) -> CompletionResult {
+    async fn finish(&self, tree: &Tree, (end, iterations): (NodeEnd, u32)) -> CompletionResult {
         let (answer, reason, detail) = match end {
             NodeEnd::Final(answer) => (answer, TerminationReason::Final, String::new()),
             NodeEnd::Stopped {
@@ -573,6 +573,8 @@ impl Engine {
             .emit_result(EventBody::CompletionFinished(record), &answer)
             .unwrap_or_default();
         result.trajectory_id = tree.events.trajectory_id().to_owned();
+        // The caller gets the result once any replica can read it.
+        tree.events.settled().await;
         if let Some(error) = tree.events.write_error() {
             self.shared.metrics.count_error("trajectory_write");
             tracing::warn!(completion = %tree.completion_id, %error, "the trajectory is incomplete");
@@ -597,19 +599,28 @@ impl Engine {
         result
     }
 
+    /// Cancels `completion_id` if it runs here; false otherwise.
+    pub fn cancel_running(&self, completion_id: &str, reason: &str) -> bool {
+        let running = lock(&self.shared.running);
+        let Some(running) = running.get(completion_id) else {
+            return false;
+        };
+        let detail = if reason.is_empty() {
+            "cancelled by CancelCompletion".to_owned()
+        } else {
+            format!("cancelled by CancelCompletion: {reason}")
+        };
+        *lock(&running.reason) = Some(detail);
+        running.cancel.cancel();
+        true
+    }
+
     /// Cancels a running completion; `Ok(false)` when it already ended.
-    pub fn cancel(&self, completion_id: &str, reason: &str) -> Result<bool, Status> {
-        if let Some(running) = lock(&self.shared.running).get(completion_id) {
-            let detail = if reason.is_empty() {
-                "cancelled by CancelCompletion".to_owned()
-            } else {
-                format!("cancelled by CancelCompletion: {reason}")
-            };
-            *lock(&running.reason) = Some(detail);
-            running.cancel.cancel();
+    pub async fn cancel(&self, completion_id: &str, reason: &str) -> Result<bool, Status> {
+        if self.cancel_running(completion_id, reason) {
             return Ok(true);
         }
-        match self.shared.store.read(completion_id) {
+        match self.shared.store.read(completion_id).await {
             Ok(_) => Ok(false),
             Err(_) => Err(Status::not_found(format!(
                 "completion_id: no completion {completion_id:?}"

@@ -86,6 +86,12 @@ impl EventSink {
         Some(result)
     }
 
+    /// After [`emit_result`](Self::emit_result): waits (bounded) until the
+    /// result is stored where every replica reads it.
+    pub async fn settled(&self) {
+        self.writer.settled().await;
+    }
+
     /// The first trajectory write error, if any.
     pub fn write_error(&self) -> Option<String> {
         lock(&self.write_error).clone()

@@ -291,7 +291,7 @@ impl EmbeddedQueue {
                 lock(&job.inner).cancel_reason = Some(reason.to_owned());
                 // Not yet registered by the engine: the runner cancels it
                 // once started.
-                let _ = self.engine.cancel(id, reason);
+                let _ = self.engine.cancel_running(id, reason);
                 Some(true)
             }
             _ => Some(false),
@@ -422,7 +422,7 @@ impl EmbeddedQueue {
         if started.is_ok() {
             let cancel = lock(&job.inner).cancel_reason.clone();
             if let Some(reason) = cancel {
-                let _ = self.engine.cancel(&job.id, &reason);
+                let _ = self.engine.cancel_running(&job.id, &reason);
             }
         }
         while let Some(event) = events.recv().await {

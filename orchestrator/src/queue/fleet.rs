@@ -440,7 +440,7 @@ impl FleetQueue {
                 "running" => {
                     // Its worker sees the request at its next renewal; when
                     // that is this replica, cancel now.
-                    let _ = self.engine.cancel(id, reason);
+                    let _ = self.engine.cancel_running(id, reason);
                     return Ok(Some(true));
                 }
                 _ => continue,
@@ -866,7 +866,7 @@ impl FleetQueue {
                         last_ok = tokio::time::Instant::now();
                         if state == "cancel" && !cancelled {
                             cancelled = true;
-                            let _ = queue.engine.cancel(&id, &reason);
+                            let _ = queue.engine.cancel_running(&id, &reason);
                         }
                     }
                     Err(error) => {
