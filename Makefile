@@ -15,8 +15,10 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## Every test: unit, end-to-end against the real binaries, the REPL driver's, and the Python and Go clients'.
+## clients/ci-deps.sh first: the MCP test of `rlm mcp-serve` (cli/tests/mcp_serve.rs) uses clients/.venv.
 test: build
 	./tests/deps.sh
+	./clients/ci-deps.sh
 	$(CARGO) test --workspace
 	cd sandbox-agent/driver && python3 -m unittest -q test_rlm_driver
 	./clients/test.sh

@@ -11,6 +11,8 @@
 #   pip packages (into clients/.venv): clients/python/requirements.txt
 #     grpcio, grpcio-tools, grpcio-health-checking, grpcio-reflection 1.85.1,
 #     protobuf 7.35.1, setuptools, pytest, pytest-asyncio
+#   and cli/tests/mcp/requirements.txt: the official MCP Python SDK (mcp 2.3.0)
+#     and its dependencies, for the `rlm mcp-serve` test (cli/tests/mcp_serve.rs)
 #
 # protoc comes from grpcio-tools (python -m grpc_tools.protoc) for both languages.
 # Environment: PYTHON (interpreter for the venv, default python3).
@@ -35,14 +37,15 @@ fi
 
 venv="$here/.venv"
 requirements="$here/python/requirements.txt"
+mcp_requirements="$here/../cli/tests/mcp/requirements.txt"
 python="${PYTHON:-python3}"
 if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
   rm -rf "$venv"
   "$python" -m venv "$venv"
 fi
 stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+want="$(cat "$requirements" "$mcp_requirements" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements" -r "$mcp_requirements"
   echo "$want" >"$stamp"
 fi

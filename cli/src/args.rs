@@ -55,6 +55,21 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Start the sandbox agent and the orchestrator locally, in the foreground.
     Up(UpArgs),
+    /// Serve the runtime as MCP tools over stdio (rlm_complete, execute_python, ...).
+    #[command(name = "mcp-serve")]
+    McpServe(McpServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct McpServeArgs {
+    /// API key sent to the orchestrator as `authorization: Bearer <key>`.
+    #[arg(long, env = "RLM_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+
+    /// Serve MCP over streamable HTTP at http://HOST:PORT/mcp instead of stdio
+    /// (loopback addresses only: MCP has no authentication of its own here).
+    #[arg(long, env = "RLM_MCP_HTTP", value_name = "HOST:PORT")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

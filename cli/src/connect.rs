@@ -86,6 +86,60 @@ pub async fn channel(address: &str, what: &str) -> Result<Channel, Failure> {
     }
 }
 
+/// A channel to `address` that connects on first use (and reconnects after
+/// failures), for long-running clients such as `rlm mcp-serve`.
+pub fn lazy_channel(address: &str) -> Result<Channel, Failure> {
+    match Target::parse(address)? {
+        Target::Tcp(uri) => Ok(Endpoint::from_shared(uri)
+            .map_err(|e| Failure::invalid(format!("address {address:?}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_lazy()),
+        Target::Unix(path) => {
+            let connector = tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            });
+            Ok(Endpoint::from_static("http://localhost")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect_with_connector_lazy(connector))
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <key>` to every call when a key is set.
+#[derive(Clone)]
+pub struct BearerAuth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerAuth {
+    pub fn new(key: Option<&str>) -> Result<Self, Failure> {
+        key.map(|k| {
+            format!("Bearer {}", k.trim())
+                .parse()
+                .map_err(|_| Failure::invalid("--api-key / RLM_API_KEY: must be printable ASCII"))
+        })
+        .transpose()
+        .map(Self)
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// An `RLMService` client for the orchestrator at `address`.
 pub async fn orchestrator(address: &str) -> Result<RlmServiceClient<Channel>, Failure> {
     let channel = channel(address, "the orchestrator")

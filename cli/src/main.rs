@@ -7,6 +7,7 @@ mod exit;
 mod format;
 mod json;
 mod logs;
+mod mcp;
 mod names;
 mod run;
 mod up;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
             Command::Logs(args) => logs::run(&cli.addr, args).await,
             Command::Doctor(args) => doctor::run(&cli.addr, args).await,
             Command::Up(args) => up::run(args).await,
+            Command::McpServe(args) => mcp::run(&cli.addr, args).await,
         }
     });
     // Leftover tasks (log forwarders, cancelled streams) must not hold the exit.

@@ -9,6 +9,7 @@ use rlm_common::config::{ConfigError, ServiceArgs, ServiceSettings, Settings, pa
 use rlm_common::listen::{ADDRESS_FORMS, Address};
 use rlm_common::tls::{self, TlsFiles};
 
+use crate::direct_sessions::SessionSettings;
 use crate::model::{EndpointConfig, ModelRef, ModelsConfig, PriceTable, RetryPolicy};
 use crate::queue::QueueSettings;
 use crate::trajectory::StoreLocation;
@@ -135,6 +136,18 @@ pub struct Cli {
     /// Fleet: runs of a job lost with their worker before it is failed [default: 3].
     #[arg(long, env = "RLM_QUEUE_MAX_ATTEMPTS", value_name = "N")]
     pub queue_max_attempts: Option<String>,
+    /// Direct sandbox sessions (SessionService) open at once; 0 disables them [default: 32].
+    #[arg(long, env = "RLM_MAX_SESSIONS", value_name = "N")]
+    pub max_sessions: Option<String>,
+    /// Direct sessions one API key may have open at once [default: 8].
+    #[arg(long, env = "RLM_API_KEY_MAX_SESSIONS", value_name = "N")]
+    pub api_key_max_sessions: Option<String>,
+    /// Idle TTL of a direct session that asks for none [default: 10m].
+    #[arg(long, env = "RLM_SESSION_IDLE_TTL", value_name = "DURATION")]
+    pub session_idle_ttl: Option<String>,
+    /// Largest idle TTL a direct session may ask for [default: 60m].
+    #[arg(long, env = "RLM_SESSION_MAX_IDLE_TTL", value_name = "DURATION")]
+    pub session_max_idle_ttl: Option<String>,
     /// API keys clients must present (`label:key` or `key`, comma-separated).
     #[arg(
         long,
@@ -217,6 +230,8 @@ pub struct Config {
     pub max_completions: u32,
     /// Queued completions (`RLM_QUEUE_*`).
     pub queue: QueueSettings,
+    /// Direct sandbox sessions (`rlm.v1.SessionService`).
+    pub sessions: SessionSettings,
     /// `RLM_API_KEYS` (kept out of `Debug`).
     pub api_keys: Secret,
     pub api_keys_file: Option<PathBuf>,
@@ -328,6 +343,48 @@ fn agent_transport(
             ))
         }),
     }
+}
+
+fn session_settings(settings: &Settings<'_>) -> Result<SessionSettings, ConfigError> {
+    let max_idle_ttl = settings.get(
+        "session_max_idle_ttl",
+        "60m",
+        "a duration from 1s to 1440m, like 60m",
+        |v| {
+            let d = parse_duration(v)?;
+            if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) {
+                Ok(d)
+            } else {
+                Err("must be between 1s and 1440m (24 hours)".to_owned())
+            }
+        },
+    )?;
+    Ok(SessionSettings {
+        max_sessions: settings.get("max_sessions", "32", "0 to 10000", number_in(0..=10_000))?,
+        max_per_key: settings.get(
+            "api_key_max_sessions",
+            "8",
+            "1 to 10000",
+            number_in(1..=10_000),
+        )?,
+        idle_ttl: settings.get(
+            "session_idle_ttl",
+            "10m",
+            "a duration like 10m, from 1s to RLM_SESSION_MAX_IDLE_TTL",
+            |v| {
+                let d = parse_duration(v)?;
+                if d < Duration::from_secs(1) || d > max_idle_ttl {
+                    Err(format!(
+                        "must be between 1s and RLM_SESSION_MAX_IDLE_TTL ({}s)",
+                        max_idle_ttl.as_secs()
+                    ))
+                } else {
+                    Ok(d)
+                }
+            },
+        )?,
+        max_idle_ttl,
+    })
 }
 
 fn models_config(settings: &Settings<'_>, llm_base_url: &str) -> Result<ModelsConfig, ConfigError> {
@@ -503,6 +560,7 @@ impl Config {
                 number_in(1..=100_000),
             )?,
             queue: queue_settings(settings)?,
+            sessions: session_settings(settings)?,
             api_keys: Secret(settings.get("api_keys", "", "label:key entries", optional)?),
             api_keys_file: settings
                 .get("api_keys_file", "", "a file path", optional)?

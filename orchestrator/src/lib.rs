@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod direct_sessions;
 pub mod engine;
 pub mod health;
 pub mod http;

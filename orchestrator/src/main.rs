@@ -7,6 +7,7 @@ use rlm_common::server::{self, Shutdown};
 use rlm_common::tls;
 use rlm_orchestrator::auth::ApiKeys;
 use rlm_orchestrator::config::{AgentTransport, Config};
+use rlm_orchestrator::direct_sessions::{DirectSessions, SessionApi};
 use rlm_orchestrator::engine::{Engine, EngineConfig};
 use rlm_orchestrator::health::HealthChecks;
 use rlm_orchestrator::http::{HttpState, router};
@@ -18,6 +19,9 @@ use rlm_orchestrator::service::RlmApi;
 use rlm_orchestrator::trajectory::TrajectoryStore;
 use rlm_orchestrator::viewer::Viewer;
 use rlm_proto::rlm::v1::rlm_service_server::{RlmServiceServer, SERVICE_NAME};
+use rlm_proto::rlm::v1::session_service_server::{
+    SERVICE_NAME as SESSION_SERVICE_NAME, SessionServiceServer,
+};
 
 fn main() -> std::process::ExitCode {
     server::run_main("rlm-orchestrator", Config::from_env, run)
@@ -101,16 +105,35 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ),
     }
     let viewer = Viewer::new(trajectories.clone(), keys.clone());
-    let grpc = router_with_std.add_service(InterceptedService::new(
-        RlmServiceServer::new(api)
+    let sessions = DirectSessions::new(engine.shared().clone(), config.sessions.clone());
+    sessions.spawn_reaper();
+    let session_keys = keys.clone();
+    let grpc = router_with_std
+        .add_service(InterceptedService::new(
+            RlmServiceServer::new(api)
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+            move |request| match &keys {
+                Some(keys) => keys.authenticate(request),
+                None => Ok(request),
+            },
+        ))
+        .add_service(InterceptedService::new(
+            SessionServiceServer::new(SessionApi {
+                sessions: sessions.clone(),
+                metrics: metrics.clone(),
+            })
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20),
-        move |request| match &keys {
-            Some(keys) => keys.authenticate(request),
-            None => Ok(request),
-        },
-    ));
+            move |request| match &session_keys {
+                Some(keys) => keys.authenticate(request),
+                None => Ok(request),
+            },
+        ));
     reporter.set_serving::<RlmServiceServer<RlmApi>>().await;
+    reporter
+        .set_serving::<SessionServiceServer<SessionApi>>()
+        .await;
 
     let http_state = HttpState {
         metrics,
@@ -154,8 +177,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let drain = config.service.drain;
         async move {
-            if let Err(err) =
-                server::announce_then_stop(reporter, &[SERVICE_NAME], drain, shutdown.clone()).await
+            if let Err(err) = server::announce_then_stop(
+                reporter,
+                &[SERVICE_NAME, SESSION_SERVICE_NAME],
+                drain,
+                shutdown.clone(),
+            )
+            .await
             {
                 tracing::error!("{err:#}");
                 shutdown.trigger();
@@ -177,6 +205,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if !trajectories.drain(std::time::Duration::from_secs(10)).await {
         tracing::warn!("some trajectory uploads did not end in time");
     }
+    sessions.shutdown(std::time::Duration::from_secs(10)).await;
     http.abort();
     tracing::info!("rlm-orchestrator stopped");
     telemetry.shutdown().await;

@@ -64,6 +64,7 @@ async fn reflection_v1_and_v1alpha_list_services_on_both_binaries() {
     let stack = Stack::start(&[]).await;
     for (address, service) in [
         (&stack.grpc_address, "rlm.v1.RLMService"),
+        (&stack.grpc_address, "rlm.v1.SessionService"),
         (&stack.agent_address, "rlm.sandbox.v1.SandboxService"),
     ] {
         for listed in [list_v1(address).await, list_v1alpha(address).await] {

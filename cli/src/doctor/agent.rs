@@ -27,12 +27,11 @@ pub fn address(given: Option<&str>) -> String {
         return address.to_owned();
     }
     let default_path = DEFAULT.trim_start_matches("unix://");
-    if !Path::new(default_path).exists() {
-        if let Ok(local) = std::path::absolute(LOCAL) {
-            if local.exists() {
-                return format!("unix://{}", local.display());
-            }
-        }
+    if !Path::new(default_path).exists()
+        && let Ok(local) = std::path::absolute(LOCAL)
+        && local.exists()
+    {
+        return format!("unix://{}", local.display());
     }
     DEFAULT.to_owned()
 }

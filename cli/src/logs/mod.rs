@@ -2,7 +2,7 @@
 
 mod fetch;
 mod list;
-mod tree;
+pub mod tree;
 
 use crate::args::LogsArgs;
 use crate::exit::{self, Failure};

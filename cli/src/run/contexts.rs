@@ -47,12 +47,10 @@ fn read_one(path: &str, json: bool) -> Result<LocalContext, Failure> {
             std::fs::read(path).map_err(|e| Failure::invalid(format!("--context {path}: {e}")))?;
         (path.to_owned(), bytes)
     };
-    if json {
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-            return Err(Failure::invalid(format!(
-                "--context {origin}: not valid JSON (--json-context): {e}"
-            )));
-        }
+    if json && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return Err(Failure::invalid(format!(
+            "--context {origin}: not valid JSON (--json-context): {e}"
+        )));
     }
     Ok(LocalContext {
         origin,

@@ -1,12 +1,12 @@
 //! `rlm run`: read the contexts, upload the large ones, stream the
 //! completion with live progress, print the answer, exit by termination reason.
 
-mod contexts;
+pub mod contexts;
 mod output;
 mod progress;
 mod spec;
 mod stream;
-mod upload;
+pub mod upload;
 mod view;
 
 use crate::args::RunArgs;

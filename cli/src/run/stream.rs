@@ -74,11 +74,12 @@ pub async fn complete(
             }
             _ = ticker.tick() => view.tick(&tally),
         }
-        if cancel_wanted && !cancel_sent {
-            if let Some(id) = tally.completion_id.clone() {
-                cancel_sent = true;
-                cancel(client, id, view).await;
-            }
+        if cancel_wanted
+            && !cancel_sent
+            && let Some(id) = tally.completion_id.clone()
+        {
+            cancel_sent = true;
+            cancel(client, id, view).await;
         }
     }
 }

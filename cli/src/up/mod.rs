@@ -138,10 +138,10 @@ async fn wait_serving(address: &str, service: &mut Service) -> Result<(), Failur
         if let Ok(channel) = connect::channel(&address, service.name).await {
             let mut client = HealthClient::new(channel);
             let check = client.check(HealthCheckRequest::default());
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), check).await {
-                if r.get_ref().status() == ServingStatus::Serving {
-                    return Ok(());
-                }
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), check).await
+                && r.get_ref().status() == ServingStatus::Serving
+            {
+                return Ok(());
             }
         }
         if Instant::now() > deadline {
