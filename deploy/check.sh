@@ -14,7 +14,7 @@
 #      and the files agree with each other (selectors, ports, volumes, socket,
 #      capabilities, secrets...);
 #   6. when kubectl is installed: `kubectl kustomize` renders deploy/k8s, alone
-#      and with components/tls, and the DaemonSet + mutual TLS variant
+#      with components/tls and with components/fleet, and the DaemonSet + mutual TLS variant
 #      (components/daemonset-mtls) alone, with components/tls and with its
 #      cert-manager component; every output passes kubernetes-validate too
 #      (cert-manager's custom resources, whose schemas it lacks, are left to
@@ -110,6 +110,7 @@ if command -v kubectl >/dev/null; then
     "$(overlay daemonset-mtls-check daemonset-mtls)"
     "$(overlay daemonset-mtls-tls-check tls daemonset-mtls)"
     "$(overlay daemonset-mtls-cert-manager-check daemonset-mtls daemonset-mtls-cert-manager)"
+    "$(overlay fleet-check fleet)"
   )
   for target in "${targets[@]}"; do
     rendered="$(mktemp)"
