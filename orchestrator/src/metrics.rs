@@ -193,7 +193,15 @@ impl Metrics {
     }
 
     /// Records one finished gRPC call of `method` that started at `started`.
-    pub fn observe_request(&self, method: &str, started: Instant, code: tonic::Code) {
+    pub fn record_request<T>(
+        &self,
+        method: &str,
+        started: Instant,
+        result: Result<T, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(|status| status.code(), |_| tonic::Code::Ok);
         self.requests
             .get_or_create(&RequestLabels {
                 method: method.to_owned(),
@@ -205,6 +213,7 @@ impl Metrics {
                 method: method.to_owned(),
             })
             .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     pub fn observe_sandbox_call(&self, method: &str, code: tonic::Code) {
@@ -259,7 +268,7 @@ mod tests {
     #[test]
     fn exposition_names_the_guide_metrics() {
         let metrics = Metrics::new(Some("openai/gpt-4o"));
-        metrics.observe_request("Complete", Instant::now(), tonic::Code::Ok);
+        let _ = metrics.record_request("Complete", Instant::now(), Ok(()));
         metrics
             .tokens
             .get_or_create(&TokenLabels {

@@ -29,19 +29,6 @@ pub struct RlmApi {
 }
 
 impl RlmApi {
-    fn finish<T>(
-        &self,
-        method: &str,
-        started: Instant,
-        result: Result<T, Status>,
-    ) -> Result<T, Status> {
-        let code = result
-            .as_ref()
-            .map_or_else(|status| status.code(), |_| tonic::Code::Ok);
-        self.metrics.observe_request(method, started, code);
-        result
-    }
-
     /// Streams the client's chunks to the agent's content-addressed store.
     async fn upload_context_to_agent(
         &self,
@@ -177,7 +164,7 @@ impl RlmService for RlmApi {
             }))
         }
         .await;
-        self.finish("Complete", started, result)
+        self.metrics.record_request("Complete", started, result)
     }
 
     #[tracing::instrument(name = "rlm.stream_complete", skip_all)]
@@ -196,7 +183,9 @@ impl RlmService for RlmApi {
             }
             Err(status) => Err(status),
         };
-        let run = self.finish("StreamComplete", started, run)?;
+        let run = self
+            .metrics
+            .record_request("StreamComplete", started, run)?;
         // The stream owns the guard: the client going away drops the stream
         // and cancels the completion. It ends after the result event, when
         // the engine drops its sender.
@@ -219,7 +208,8 @@ impl RlmService for RlmApi {
         if let Ok(stored) = &result {
             tracing::info!(context_id = %stored.context_id, size_bytes = stored.size_bytes, "context stored");
         }
-        self.finish("UploadContext", started, result.map(Response::new))
+        self.metrics
+            .record_request("UploadContext", started, result.map(Response::new))
     }
 
     async fn get_trajectory(
@@ -239,7 +229,8 @@ impl RlmService for RlmApi {
                     trajectory: Some(trajectory),
                 })
             });
-        self.finish("GetTrajectory", started, result)
+        self.metrics
+            .record_request("GetTrajectory", started, result)
     }
 
     async fn list_trajectories(
@@ -250,7 +241,9 @@ impl RlmService for RlmApi {
         let r = request.into_inner();
         let Ok(status) = TrajectoryStatus::try_from(r.status) else {
             let error = Status::invalid_argument(format!("status: unknown value {}", r.status));
-            return self.finish("ListTrajectories", started, Err(error));
+            return self
+                .metrics
+                .record_request("ListTrajectories", started, Err(error));
         };
         let page_size = if r.page_size == 0 {
             50
@@ -273,7 +266,8 @@ impl RlmService for RlmApi {
                     next_page_token,
                 })
             });
-        self.finish("ListTrajectories", started, result)
+        self.metrics
+            .record_request("ListTrajectories", started, result)
     }
 
     async fn cancel_completion(
@@ -292,7 +286,8 @@ impl RlmService for RlmApi {
             }
             .map(|was_running| Response::new(CancelCompletionResponse { was_running }))
         };
-        self.finish("CancelCompletion", started, result)
+        self.metrics
+            .record_request("CancelCompletion", started, result)
     }
 
     #[tracing::instrument(name = "rlm.submit_completion", skip_all)]
@@ -322,7 +317,8 @@ impl RlmService for RlmApi {
                 .map(Response::new)
         }
         .await;
-        self.finish("SubmitCompletion", started, result)
+        self.metrics
+            .record_request("SubmitCompletion", started, result)
     }
 
     async fn get_completion(
@@ -332,7 +328,8 @@ impl RlmService for RlmApi {
         let started = Instant::now();
         let id = request.into_inner().completion_id;
         let result = self.queue.get(&id).await.map(Response::new);
-        self.finish("GetCompletion", started, result)
+        self.metrics
+            .record_request("GetCompletion", started, result)
     }
 
     async fn watch_completion(
@@ -346,6 +343,7 @@ impl RlmService for RlmApi {
             .watch(&r.completion_id, r.from_event_index)
             .await
             .map(Response::new);
-        self.finish("WatchCompletion", started, result)
+        self.metrics
+            .record_request("WatchCompletion", started, result)
     }
 }

@@ -73,19 +73,6 @@ fn duration(
 }
 
 impl SessionApi {
-    fn finish<T>(
-        &self,
-        method: &str,
-        started: Instant,
-        result: Result<T, Status>,
-    ) -> Result<T, Status> {
-        let code = result
-            .as_ref()
-            .map_or_else(|status| status.code(), |_| tonic::Code::Ok);
-        self.metrics.observe_request(method, started, code);
-        result
-    }
-
     async fn create(
         &self,
         request: Request<CreateSessionRequest>,
@@ -134,7 +121,8 @@ impl SessionService for SessionApi {
     ) -> Result<Response<CreateSessionResponse>, Status> {
         let started = Instant::now();
         let result = self.create(request).await.map(Response::new);
-        self.finish("CreateSession", started, result)
+        self.metrics
+            .record_request("CreateSession", started, result)
     }
 
     #[tracing::instrument(name = "rlm.session.execute", skip_all)]
@@ -144,7 +132,7 @@ impl SessionService for SessionApi {
     ) -> Result<Response<ExecuteResponse>, Status> {
         let started = Instant::now();
         let result = SessionApi::execute(self, request).await.map(Response::new);
-        self.finish("Execute", started, result)
+        self.metrics.record_request("Execute", started, result)
     }
 
     async fn list_sessions(
@@ -153,7 +141,7 @@ impl SessionService for SessionApi {
     ) -> Result<Response<ListSessionsResponse>, Status> {
         let started = Instant::now();
         let sessions = self.sessions.list(&owner(&request));
-        self.finish(
+        self.metrics.record_request(
             "ListSessions",
             started,
             Ok(Response::new(ListSessionsResponse { sessions })),
@@ -173,7 +161,8 @@ impl SessionService for SessionApi {
             Ok(Response::new(DestroySessionResponse {}))
         }
         .await;
-        self.finish("DestroySession", started, result)
+        self.metrics
+            .record_request("DestroySession", started, result)
     }
 }
 
