@@ -22,6 +22,10 @@ import builtins as _bi
 
 __builtins__ = dict(_bi.__dict__)
 
+# Modules the agent's bootstrap asks for (RLM_AGENT_PRELOAD), imported once
+# READY is sent: while the session waits in the pool or for its first cell.
+_preload = globals().pop("_rlm_preload", ())
+
 _armed = False  # SIGINT may raise KeyboardInterrupt right now (main thread only)
 _in_cell = False  # a cell is running (subcalls are allowed)
 _pending = False  # a SIGINT arrived during the cell while disarmed
@@ -1192,6 +1196,11 @@ def _main():
     import _ast as a  # needed by every cell; loaded while the agent is busy
 
     _ast = a
+    for m in _preload:
+        try:
+            __import__(m)
+        except Exception:
+            pass  # an optimisation only: the cell that needs it says why
     w = _Waiter()
     contexts_seen = started = False
     while True:

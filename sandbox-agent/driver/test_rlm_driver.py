@@ -274,6 +274,16 @@ class BasicTest(DriverTest):
         )
         self.assertEqual(out, "__main__ True\n8 True\nTrue\n")
 
+    def test_preloaded_modules_are_imported_after_ready(self):
+        # The agent's bootstrap sets _rlm_preload; a module that fails to
+        # import is skipped, and the list does not leak into the cells.
+        boot = "_rlm_preload = ['json', 'no_such_module_rlm']\nexec(compile(open(%r).read(), %r, 'exec'))" % (DRIVER, DRIVER)
+        s = self.session(argv=[PY, "-I", "-c", boot])
+        out = s.ok("import sys\nprint('json' in sys.modules, 'no_such_module_rlm' in sys.modules)")
+        self.assertEqual(out, "True False\n")
+        done, _, _ = s.run("_rlm_preload")
+        self.assertEqual(done["error"]["type"], "NameError")
+
     def test_a_repeated_cell_runs_again_under_its_own_name(self):
         # Compiled code is reused for identical sources; each run still
         # executes (no result caching), shows its value, and names its cell.

@@ -72,8 +72,8 @@ pub struct Cli {
     /// [default: the agent's own uid].
     #[arg(long, env = "RLM_AGENT_ALLOWED_UIDS", value_name = "UIDS")]
     pub allowed_uids: Option<String>,
-    /// Comma-separated Python modules every session imports before it is ready
-    /// (paid in the warm pool, not in the first cell) [default: re,json].
+    /// Comma-separated Python modules every session imports right after it is
+    /// ready (paid in the warm pool, not in the cell that needs them) [default: re,json].
     #[arg(long, env = "RLM_AGENT_PRELOAD", value_name = "MODULES")]
     pub preload: Option<String>,
     #[command(flatten)]

@@ -45,9 +45,9 @@ pub struct Launcher {
 pub struct PreparedDriver {
     /// Host path of the marshalled driver.
     pub bin: PathBuf,
-    /// Modules imported before the driver runs (`RLM_AGENT_PRELOAD`), so
-    /// their import cost is paid while the session waits in the pool, not
-    /// in the first cell that needs them.
+    /// Modules the driver imports right after READY (`RLM_AGENT_PRELOAD`),
+    /// so their import cost is paid while the session waits in the pool or
+    /// for its first cell, not by the cell that needs them.
     pub preload: Vec<String>,
     /// `sys.path` as the interpreter computes it with `site` (`.pth` files
     /// included). Sessions start with `-S` and this path, which saves the
@@ -135,7 +135,7 @@ fn bootstrap(path: &std::path::Path, sys_path: &[String], preload: &[String]) ->
     let paths = serde_json::to_string(sys_path).unwrap_or_else(|_| "[]".to_owned());
     let modules = serde_json::to_string(preload).unwrap_or_else(|_| "[]".to_owned());
     format!(
-        "import sys, marshal\nsys.path[:] = {paths}\nfor m in {modules}: __import__(m)\nwith open({:?}, 'rb') as f: code = marshal.loads(f.read())\nexec(code)",
+        "import sys, marshal\nsys.path[:] = {paths}\n_rlm_preload = {modules}\nwith open({:?}, 'rb') as f: code = marshal.loads(f.read())\nexec(code)",
         path.display().to_string()
     )
 }
