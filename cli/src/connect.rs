@@ -68,22 +68,29 @@ pub async fn channel(address: &str, what: &str) -> Result<Channel, Failure> {
                 .connect_timeout(CONNECT_TIMEOUT);
             endpoint.connect().await.map_err(|e| unreachable(&e))
         }
-        Target::Unix(path) => {
-            let connector = tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            });
-            Endpoint::from_static("http://localhost")
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect_with_connector(connector)
-                .await
-                .map_err(|e| unreachable(&e))
-        }
+        Target::Unix(path) => Endpoint::from_static("http://localhost")
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_with_connector(unix_connector(path))
+            .await
+            .map_err(|e| unreachable(&e)),
     }
+}
+
+/// Dials the Unix socket at `path` (the endpoint's URI is then unused).
+fn unix_connector(
+    path: std::path::PathBuf,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+    })
 }
 
 /// A channel to `address` that connects on first use (and reconnects after
@@ -94,19 +101,9 @@ pub fn lazy_channel(address: &str) -> Result<Channel, Failure> {
             .map_err(|e| Failure::invalid(format!("address {address:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect_lazy()),
-        Target::Unix(path) => {
-            let connector = tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            });
-            Ok(Endpoint::from_static("http://localhost")
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect_with_connector_lazy(connector))
-        }
+        Target::Unix(path) => Ok(Endpoint::from_static("http://localhost")
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_with_connector_lazy(unix_connector(path))),
     }
 }
 

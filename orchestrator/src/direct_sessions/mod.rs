@@ -89,22 +89,9 @@ fn public_limits(l: &sandbox::SessionLimits) -> SandboxLimits {
 }
 
 fn agent_limits(l: Option<SandboxLimits>, agent_ttl: Duration) -> sandbox::SessionLimits {
-    let l = l.unwrap_or_default();
     sandbox::SessionLimits {
-        memory_bytes: l.memory_bytes,
-        cpu_millicores: l.cpu_millicores,
-        max_pids: l.max_pids,
-        network: l.network,
-        allowed_paths: l
-            .allowed_paths
-            .into_iter()
-            .map(|p| sandbox::AllowedPath {
-                host_path: p.host_path,
-                read_write: p.read_write,
-            })
-            .collect(),
         idle_ttl: proto_duration(agent_ttl),
-        ..Default::default()
+        ..crate::engine::spec::agent_limits(&l.unwrap_or_default())
     }
 }
 

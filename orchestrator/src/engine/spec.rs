@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rlm_proto::rlm::sandbox::v1 as sandbox;
-use rlm_proto::rlm::v1::{CompletionSpec, ContextFormat, context_input::Source};
+use rlm_proto::rlm::v1::{CompletionSpec, ContextFormat, SandboxLimits, context_input::Source};
 use tonic::Status;
 
 use crate::config::LimitDefaults;
@@ -192,7 +192,12 @@ fn session_limits(spec: &CompletionSpec) -> Result<sandbox::SessionLimits, Statu
             format!("at most {MAX_ALLOWED_PATHS} entries"),
         ));
     }
-    Ok(sandbox::SessionLimits {
+    Ok(agent_limits(s))
+}
+
+/// The public sandbox limits as the agent's session limits (unchecked).
+pub fn agent_limits(s: &SandboxLimits) -> sandbox::SessionLimits {
+    sandbox::SessionLimits {
         memory_bytes: s.memory_bytes,
         cpu_millicores: s.cpu_millicores,
         max_pids: s.max_pids,
@@ -206,7 +211,7 @@ fn session_limits(spec: &CompletionSpec) -> Result<sandbox::SessionLimits, Statu
             })
             .collect(),
         ..Default::default()
-    })
+    }
 }
 
 fn metadata(spec: &CompletionSpec) -> Result<BTreeMap<String, String>, Status> {
@@ -333,7 +338,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rlm_proto::rlm::v1::{CompletionLimits, ContextInput, SandboxLimits};
+    use rlm_proto::rlm::v1::{CompletionLimits, ContextInput};
 
     fn defaults() -> LimitDefaults {
         LimitDefaults {
@@ -527,7 +532,7 @@ mod tests {
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
-    use rlm_proto::rlm::v1::{CompletionLimits, ContextInput, SandboxLimits};
+    use rlm_proto::rlm::v1::{CompletionLimits, ContextInput};
 
     fn duration() -> impl Strategy<Value = Option<prost_types::Duration>> {
         proptest::option::of(
