@@ -63,9 +63,9 @@ probe!(
     "EROFS"
 );
 probe!(
-    no_sys,
-    "print(os.path.exists('/sys'), err(os.listdir, '/sys'))",
-    "False ENOENT"
+    no_sysfs_only_the_generated_huge_page_files,
+    "print([(d, sorted(f)) for d, _, f in os.walk('/sys') if f], err(open, '/sys/kernel/mm/transparent_hugepage/enabled', 'w'), os.path.exists('/sys/fs'))",
+    "[('/sys/kernel/mm/transparent_hugepage', ['enabled', 'hpage_pmd_size'])] EROFS False"
 );
 probe!(
     only_harmless_devices,
@@ -157,7 +157,7 @@ probe!(
 probe!(
     environment_is_built_from_scratch,
     "print(sorted(os.environ), any('canary' in v for v in os.environ.values()), 'canary' in open('/proc/1/environ').read())",
-    "['HOME', 'LANG', 'PATH', 'TMPDIR', 'USER'] False False"
+    "['GLIBC_TUNABLES', 'HOME', 'LANG', 'PATH', 'TMPDIR', 'USER'] False False"
 );
 probe!(
     ptrace_is_denied,

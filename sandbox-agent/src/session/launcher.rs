@@ -183,7 +183,14 @@ impl Launched {
     }
 }
 
+/// The whole environment of a session (nothing of the agent's leaks).
+/// `glibc.malloc.hugetlb=1` lets malloc ask for transparent huge pages
+/// (`madvise`) on its large blocks (see the /sys files in `rootfs::plan`):
+/// decoding a 10 MB context faults in five 2 MiB pages instead of 2,560
+/// small ones (9 → 3.5 ms here). Idle sessions are unchanged: small objects
+/// come from pymalloc's arenas.
 const ENV: &[&str] = &[
+    "GLIBC_TUNABLES=glibc.malloc.hugetlb=1",
     "PATH=/usr/local/bin:/usr/bin:/bin",
     "HOME=/work",
     "USER=sandbox",
@@ -322,6 +329,7 @@ impl Launcher {
                     allowed_paths: profile.allowed_paths.clone(),
                     network: profile.network,
                     driver: self.driver.as_ref().map(|d| d.bin.clone()),
+                    thp_pmd_size: rootfs::host_thp_pmd_size(),
                 });
                 Ok((
                     Some(lease),
