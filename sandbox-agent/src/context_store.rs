@@ -2,10 +2,13 @@
 //! under `<data_dir>/contexts/sha256/<hex>`, and shared by every session that names it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+
+use crate::context_summary::{Summary, SummaryCache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextStoreError {
@@ -49,6 +52,7 @@ pub struct ContextStore {
     blobs: PathBuf,
     staging: PathBuf,
     max_bytes: u64,
+    summaries: SummaryCache,
 }
 
 /// Parses `sha256:<64 lowercase hex>`, returning the hex part.
@@ -78,7 +82,17 @@ impl ContextStore {
             blobs,
             staging,
             max_bytes,
+            summaries: SummaryCache::default(),
         })
+    }
+
+    /// What context `id` holds (see [`crate::context_summary`]); `None` when
+    /// it is not stored. Blocking on first use of a content.
+    pub fn summary(&self, id: &str, as_json: bool) -> std::io::Result<Option<Arc<Summary>>> {
+        match self.path_of(id) {
+            Some(path) => self.summaries.summary(id, &path, as_json).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The file holding context `id`, if stored.

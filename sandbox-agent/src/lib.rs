@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod context_store;
+pub mod context_summary;
 pub mod isolation;
 pub mod service;
 pub mod session;

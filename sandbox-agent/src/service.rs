@@ -153,17 +153,23 @@ impl SandboxService for SandboxApi {
             depth: l.depth,
             node_id: l.node_id,
         });
-        let session = self
-            .manager
-            .create(limits, request.context_ids, labels)
-            .await
-            .map_err(manager_error)?;
+        let summaries = summarize(
+            Arc::clone(&self.contexts),
+            request.context_ids.clone(),
+            request.json_contexts,
+        );
+        let (session, contexts) = tokio::join!(
+            self.manager.create(limits, request.context_ids, labels),
+            summaries
+        );
+        let session = session.map_err(manager_error)?;
         tracing::info!(session = %session.id, from_pool = session.from_pool, "session created");
         Ok(Response::new(CreateSessionResponse {
             session_id: session.id.clone(),
             from_warm_pool: session.from_pool,
             profile: session.limits.profile().name(),
             limits: Some(session.limits.to_proto()),
+            contexts,
         }))
     }
 
@@ -375,6 +381,44 @@ async fn run_cells(
                 return;
             }
         }
+    }
+}
+
+/// The summaries of `ids` for CreateSessionResponse.contexts: all of them,
+/// or none when one cannot be read (the caller then measures in the session).
+async fn summarize(
+    store: Arc<ContextStore>,
+    ids: Vec<String>,
+    json_contexts: Vec<u32>,
+) -> Vec<ContextSummary> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let work = tokio::task::spawn_blocking(move || {
+        ids.iter()
+            .enumerate()
+            .map(|(index, id)| {
+                let as_json = json_contexts.iter().any(|&i| i as usize == index);
+                let summary = store.summary(id, as_json).ok()??;
+                Some(ContextSummary {
+                    chars: summary.text.chars,
+                    preview: summary.text.preview.clone(),
+                    json: summary
+                        .json
+                        .clone()
+                        .flatten()
+                        .filter(|_| as_json)
+                        .map(|shape| JsonShape {
+                            r#type: shape.kind.to_owned(),
+                            items: shape.items,
+                        }),
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+    });
+    match work.await {
+        Ok(Some(summaries)) => summaries,
+        Ok(None) | Err(_) => Vec::new(),
     }
 }
 

@@ -164,6 +164,7 @@ impl Sandbox {
                 limits,
                 context_ids,
                 labels: None,
+                json_contexts: Vec::new(),
             })
             .await
             .expect("create session")

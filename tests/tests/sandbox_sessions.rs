@@ -179,6 +179,90 @@ async fn contexts_are_stored_once_and_shared_read_only() {
     sandbox.destroy(&b).await;
 }
 
+/// CreateSession describes each context as the REPL decodes it (length and
+/// first 200 characters, invalid UTF-8 replaced) and, when asked, the top
+/// level of JSON arrays and objects as `json.loads` builds them.
+#[tokio::test(flavor = "multi_thread")]
+async fn context_summaries_match_what_the_repl_sees() {
+    let mut sandbox = Sandbox::shared().await;
+    let contents: Vec<Vec<u8>> = vec![
+        format!("h\u{e9}llo \u{1f600} {}", "\u{4e2d}".repeat(300)).into_bytes(),
+        b"bad \xff\xfe bytes, cut at the end \xe2\x82".to_vec(),
+        br#"[1, "two", {"three": 3}]"#.to_vec(),
+        br#"{"a": 1, "b": [2], "a": 3}"#.to_vec(),
+        b"[NaN, 1]".to_vec(),
+    ];
+    let mut ids = Vec::new();
+    for data in contents {
+        let stored = sandbox
+            .client
+            .put_context(futures::stream::iter([PutContextRequest {
+                chunk: data,
+                ..Default::default()
+            }]))
+            .await
+            .expect("put")
+            .into_inner();
+        ids.push(stored.context_id);
+    }
+    let created = sandbox
+        .client
+        .create_session(CreateSessionRequest {
+            context_ids: ids,
+            json_contexts: vec![2, 3, 4],
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(created.contexts.len(), 5, "{created:?}");
+    let run = sandbox
+        .run(
+            &created.session_id,
+            "import json\nfor i in range(5):\n    t = globals()['context_%d' % i]\n    print(len(t), ascii(t[:200]))\nfor i in (2, 3, 4):\n    v = json.loads(globals()['context_%d' % i])\n    print(type(v).__name__, len(v))",
+        )
+        .await
+        .ok();
+    let described: String = created
+        .contexts
+        .iter()
+        .map(|c| {
+            // As Python's ascii() writes it (no quote or backslash here).
+            let preview: String = c
+                .preview
+                .chars()
+                .map(|ch| {
+                    if ch.is_ascii() && !ch.is_ascii_control() {
+                        ch.to_string()
+                    } else if (ch as u32) < 0x100 {
+                        format!("\\x{:02x}", ch as u32)
+                    } else if (ch as u32) < 0x10000 {
+                        format!("\\u{:04x}", ch as u32)
+                    } else {
+                        format!("\\U{:08x}", ch as u32)
+                    }
+                })
+                .collect();
+            format!("{} '{preview}'\n", c.chars)
+        })
+        .collect();
+    let shapes: String = created.contexts[2..]
+        .iter()
+        .map(|c| match &c.json {
+            Some(shape) => format!("{} {}\n", shape.r#type, shape.items),
+            None => "undescribed\n".to_owned(),
+        })
+        .collect();
+    let out = run.out();
+    let (texts, parsed) = out.split_at(out.match_indices('\n').nth(4).expect("5 lines").0 + 1);
+    assert_eq!(texts, described);
+    assert_eq!(parsed, "list 3\ndict 2\nlist 2\n");
+    // NaN is valid for json.loads but not for the agent: left to the REPL.
+    assert_eq!(shapes, "list 3\ndict 2\nundescribed\n");
+    assert!(created.contexts[0].json.is_none() && created.contexts[1].json.is_none());
+    sandbox.destroy(&created.session_id).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_pool_serves_default_sessions_and_refills() {
     let mut sandbox = Sandbox::shared().await;
@@ -222,8 +306,45 @@ async fn warm_pool_serves_default_sessions_and_refills() {
         .expect("info")
         .into_inner();
     assert!(after.pools[0].hits > hits_before);
+    // Sessions waiting in the pool started at the lowest CPU priority (a
+    // refill must not slow the requests being served); a session handed
+    // out, or started for a request, runs at the normal one.
+    for id in [&created.session_id, &custom.session_id] {
+        let run = sandbox
+            .run(id, "import os\nprint(os.getpriority(os.PRIO_PROCESS, 0))")
+            .await
+            .ok();
+        assert_eq!(run.out(), "0\n");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting: Vec<i64> = agent_children(shared_agent().pid)
+        .into_iter()
+        .filter(|(_, nice)| *nice != 0)
+        .map(|(_, nice)| nice)
+        .collect();
+    assert!(
+        !waiting.is_empty() && waiting.iter().all(|&n| n == 19),
+        "{waiting:?}"
+    );
     sandbox.destroy(&created.session_id).await;
     sandbox.destroy(&custom.session_id).await;
+}
+
+/// (pid, nice) of the direct children of `parent`, from /proc.
+fn agent_children(parent: i32) -> Vec<(i32, i64)> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may hold spaces): state,
+            // ppid, ... nice (proc(5): fields 3, 4 and 19).
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ppid: i32 = fields.get(1)?.parse().ok()?;
+            let nice: i64 = fields.get(16)?.parse().ok()?;
+            (ppid == parent).then_some((pid, nice))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -193,6 +193,7 @@ impl DirectSessions {
                 node_id: format!("direct:{id}"),
                 ..Default::default()
             }),
+            json_contexts: Vec::new(),
         };
         let remote = RemoteSession::create(&self.shared.sandbox, request)
             .await

@@ -94,6 +94,10 @@ impl CallError {
 pub struct Repl {
     pub session: RemoteSession,
     pub contexts: Vec<ContextMeta>,
+    /// The contexts are described (by the agent) but not yet bound in the
+    /// session: the bind runs alongside the first model call, or before the
+    /// first cell, whichever comes first.
+    pub bind_pending: bool,
 }
 
 fn stopped(e: Exhausted, partial: &str) -> NodeEnd {
@@ -145,27 +149,64 @@ impl Node {
         self.depth == 0
     }
 
-    /// Opens this node's REPL: a session with its contexts bound.
+    /// Opens this node's REPL: a session whose contexts are described, and
+    /// bound unless the agent described them (then `bind_pending`).
     pub async fn open_repl(&self) -> Result<Repl, setup::SetupError> {
         let ids = self.contexts.iter().map(|c| c.id.clone()).collect();
+        let json = (0u32..)
+            .zip(&self.contexts)
+            .filter(|(_, c)| c.json)
+            .map(|(i, _)| i)
+            .collect();
         let mut session = self
             .tree
-            .create_session(&self.id, self.depth, ids)
+            .create_session(&self.id, self.depth, ids, json)
             .await
             .map_err(setup::SetupError::Sandbox)?;
-        match setup::bind_contexts(
-            &mut session,
-            &self.contexts,
-            self.tree.spec.limits.cell_timeout,
-        )
-        .await
+        if let Some(contexts) = setup::described_by_agent(&self.contexts, &session.created.contexts)
         {
-            Ok(contexts) => Ok(Repl { session, contexts }),
+            return Ok(Repl {
+                session,
+                bind_pending: !contexts.is_empty(),
+                contexts,
+            });
+        }
+        match self.bind(&mut session).await {
+            Ok(contexts) => Ok(Repl {
+                session,
+                contexts,
+                bind_pending: false,
+            }),
             Err(e) => {
                 self.tree.destroy_session(session);
                 Err(e)
             }
         }
+    }
+
+    async fn bind(
+        &self,
+        session: &mut RemoteSession,
+    ) -> Result<Vec<ContextMeta>, setup::SetupError> {
+        setup::bind_contexts(session, &self.contexts, self.tree.spec.limits.cell_timeout).await
+    }
+
+    /// Binds the contexts of `repl` if that is still to do.
+    async fn finish_bind(&self, repl: &mut Repl) -> Result<(), NodeEnd> {
+        if !std::mem::take(&mut repl.bind_pending) {
+            return Ok(());
+        }
+        self.bind(&mut repl.session).await.map(drop).map_err(|e| {
+            let reason = match e {
+                setup::SetupError::Context { .. } => TerminationReason::Error,
+                _ => TerminationReason::SandboxError,
+            };
+            NodeEnd::Stopped {
+                reason,
+                detail: e.to_string(),
+                partial: String::new(),
+            }
+        })
     }
 
     fn prompt_options(&self) -> PromptOptions {
@@ -231,18 +272,22 @@ impl Node {
                 iteration,
                 tree_usage: UsageRecord::from(&self.budget.usage()),
             });
-            let reply = match self
-                .call_model(
-                    &self.model,
-                    messages.clone(),
-                    Purpose::Iteration,
-                    iteration,
-                    0,
-                    0,
-                    None,
-                )
-                .await
-            {
+            let call = self.call_model(
+                &self.model,
+                messages.clone(),
+                Purpose::Iteration,
+                iteration,
+                0,
+                0,
+                None,
+            );
+            // Binding the contexts (decoding, parsing JSON) overlaps the
+            // first model call: the model is waited for anyway.
+            let (reply, bound) = tokio::join!(call, self.finish_bind(repl));
+            if let Err(end) = bound {
+                return end.with_partial(&last_reply);
+            }
+            let reply = match reply {
                 Ok(text) => text,
                 Err(CallError::Budget(e)) => return stopped(e, &last_reply),
                 Err(CallError::Model(message)) => {
@@ -308,6 +353,21 @@ impl Node {
         block_index: u32,
         code: &str,
     ) -> (ExecutionReport, Option<NodeEnd>) {
+        // A replacement session (after the previous one died) binds here.
+        if let Err(end) = self.finish_bind(repl).await {
+            let stderr = match &end {
+                NodeEnd::Stopped { detail, .. } => detail.clone(),
+                NodeEnd::Final(_) => String::new(),
+            };
+            let report = ExecutionReport {
+                stdout: String::new(),
+                stderr,
+                error: None,
+                truncated: false,
+                final_value: None,
+            };
+            return (report, Some(end));
+        }
         let started = Instant::now();
         let node = Arc::clone(self);
         let answer = move |request: SubcallRequest| Arc::clone(&node).answer(request, iteration);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rlm_proto::rlm::sandbox::v1::{SubcallRequest, SubcallResult, subcall_result};
+use rlm_proto::rlm::sandbox::v1::{ContextSummary, SubcallRequest, SubcallResult, subcall_result};
 use tonic::Status;
 
 use super::node::NodeContext;
@@ -23,10 +23,10 @@ pub enum SetupError {
     Script(String),
 }
 
-/// The bind script: JSON contexts are parsed (`json` is imported only then:
-/// importing it costs ~13 ms in a fresh interpreter); each context is then
-/// described on one marker line `index kind-hex length preview-hex`, using
-/// builtins only.
+/// The bind script: JSON contexts are parsed (`json` is imported only then);
+/// each context is then described on one marker line `index kind-hex length
+/// preview-hex`, using builtins only. The length and preview are those of the
+/// text (before JSON parsing), as the agent measures them.
 fn script(contexts: &[NodeContext]) -> String {
     let flags: Vec<&str> = contexts
         .iter()
@@ -37,22 +37,18 @@ fn script(contexts: &[NodeContext]) -> String {
     g = globals()
     for i, as_json in enumerate(flags):
         name = "context_%d" % i
-        v = g[name]
+        text = g[name]
+        kind = "str"
         if as_json:
             import json
             try:
-                v = json.loads(v)
+                v = json.loads(text)
             except ValueError as e:
                 print({marker:?} + "%d error %s" % (i, str(e).encode("utf-8", "replace").hex()))
                 continue
             g[name] = v
             if i == 0:
                 g["context"] = v
-        if isinstance(v, str):
-            kind, text = "str", v
-        else:
-            import json
-            text = json.dumps(v, ensure_ascii=False)
             kind = "%s (from JSON)" % type(v).__name__
             if isinstance(v, (list, dict)):
                 kind += " of %d items" % len(v)
@@ -66,13 +62,48 @@ del _rlm_bind
     )
 }
 
+/// The contexts as the agent described them at CreateSession (the same
+/// kind, length and preview the bind script reports), or `None` when it did
+/// not describe them all: the bind must then run first.
+pub fn described_by_agent(
+    contexts: &[NodeContext],
+    summaries: &[ContextSummary],
+) -> Option<Vec<ContextMeta>> {
+    if summaries.len() != contexts.len() {
+        return None;
+    }
+    let single = contexts.len() == 1;
+    (0..)
+        .zip(contexts.iter().zip(summaries))
+        .map(|(index, (context, summary))| {
+            let kind = match (&summary.json, context.json) {
+                (_, false) => "str".to_owned(),
+                (Some(shape), true) => {
+                    format!("{} (from JSON) of {} items", shape.r#type, shape.items)
+                }
+                (None, true) => return None,
+            };
+            Some(ContextMeta {
+                name: if single {
+                    "context".to_owned()
+                } else {
+                    format!("context_{index}")
+                },
+                kind,
+                length_chars: summary.chars,
+                preview: summary.preview.chars().take(PREVIEW_CHARS).collect(),
+            })
+        })
+        .collect()
+}
+
 fn unhex(text: &str) -> Option<String> {
     let bytes = hex::decode(text).ok()?;
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// One marker line: `Ok((index, meta))`, or the context's error.
-fn described(line: &str) -> Option<(usize, Result<ContextMeta, String>)> {
+fn marker_line(line: &str) -> Option<(usize, Result<ContextMeta, String>)> {
     let mut fields = line.split(' ');
     let index: usize = fields.next()?.parse().ok()?;
     let kind = fields.next()?;
@@ -145,7 +176,7 @@ pub async fn bind_contexts(
     let single = contexts.len() == 1;
     let mut metas = Vec::with_capacity(lines.len());
     for line in lines {
-        let (index, meta) = described(line)
+        let (index, meta) = marker_line(line)
             .ok_or_else(|| SetupError::Script(format!("unreadable description {line:?}")))?;
         let mut meta = meta.map_err(|message| SetupError::Context {
             index,
@@ -182,7 +213,8 @@ mod tests {
     #[test]
     fn marker_lines_decode() {
         let hex = |t: &str| hex::encode(t.as_bytes());
-        let (i, meta) = described(&format!("1 {} 12 {}", hex("str"), hex("héllo"))).expect("line");
+        let (i, meta) =
+            marker_line(&format!("1 {} 12 {}", hex("str"), hex("héllo"))).expect("line");
         let meta = meta.expect("described");
         assert_eq!(
             (
@@ -193,12 +225,63 @@ mod tests {
             ),
             (1, "str", 12, "héllo")
         );
-        let (i, error) = described(&format!("0 error {}", hex("Expecting value"))).expect("line");
+        let (i, error) = marker_line(&format!("0 error {}", hex("Expecting value"))).expect("line");
         assert_eq!(
             (i, error.expect_err("error").as_str()),
             (0, "Expecting value")
         );
-        assert!(described("x y").is_none());
-        assert!(described("0 zz 1 00").is_none());
+        assert!(marker_line("x y").is_none());
+        assert!(marker_line("0 zz 1 00").is_none());
+    }
+
+    #[test]
+    fn agent_summaries_describe_contexts_like_the_bind_script() {
+        let contexts = |json: &[bool]| -> Vec<NodeContext> {
+            json.iter()
+                .map(|&json| NodeContext {
+                    id: "sha256:x".into(),
+                    json,
+                })
+                .collect()
+        };
+        let summary = |chars, preview: &str, shape: Option<(&str, u64)>| ContextSummary {
+            chars,
+            preview: preview.into(),
+            json: shape.map(|(t, items)| rlm_proto::rlm::sandbox::v1::JsonShape {
+                r#type: t.into(),
+                items,
+            }),
+        };
+        let one = described_by_agent(&contexts(&[false]), &[summary(5, "hello", None)])
+            .expect("described");
+        assert_eq!(
+            (
+                one[0].name.as_str(),
+                one[0].kind.as_str(),
+                one[0].length_chars
+            ),
+            ("context", "str", 5)
+        );
+        let two = described_by_agent(
+            &contexts(&[false, true]),
+            &[
+                summary(1, "a", None),
+                summary(9, "[1, 2, 3]", Some(("list", 3))),
+            ],
+        )
+        .expect("described");
+        assert_eq!(
+            two.iter()
+                .map(|m| (m.name.as_str(), m.kind.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("context_0", "str"),
+                ("context_1", "list (from JSON) of 3 items")
+            ]
+        );
+        // A JSON context the agent could not describe, or a missing summary:
+        // the bind script describes them.
+        assert!(described_by_agent(&contexts(&[true]), &[summary(5, "[NaN]", None)]).is_none());
+        assert!(described_by_agent(&contexts(&[false]), &[]).is_none());
     }
 }

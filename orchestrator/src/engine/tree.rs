@@ -184,10 +184,12 @@ impl Tree {
         node_id: &str,
         depth: u32,
         context_ids: Vec<String>,
+        json_contexts: Vec<u32>,
     ) -> Result<RemoteSession, Status> {
         let request = CreateSessionRequest {
             limits: Some(self.spec.session_limits.clone()),
             context_ids,
+            json_contexts,
             labels: Some(SessionLabels {
                 completion_id: self.completion_id.clone(),
                 depth,

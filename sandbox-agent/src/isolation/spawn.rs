@@ -302,6 +302,20 @@ struct ChildPlan<'a> {
     error_write: RawFd,
 }
 
+/// Sets the nice value of process `pid` (of its main thread: a session's
+/// interpreter runs no other thread before it runs code).
+pub fn set_nice(pid: i32, nice: i32) -> std::io::Result<()> {
+    let who =
+        libc::id_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Starts the process. `place` runs in the parent after the child exists and
 /// before it proceeds (used to put it into its cgroup); an error there kills it.
 pub fn spawn(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::isolation::cgroup::{CgroupLimits, CgroupRoot, SessionCgroup, Usage};
 use crate::isolation::rootfs::{self, RootfsSpec};
-use crate::isolation::spawn::{SpawnError, SpawnSpec, spawn};
+use crate::isolation::spawn::{SpawnError, SpawnSpec, set_nice, spawn};
 use crate::isolation::uids::{UidError, UidLease, UidPool};
 use crate::session::limits::Profile;
 use crate::session::process::{ProcessError, SessionProcess};
@@ -163,9 +163,34 @@ pub struct Launched {
     pub profile: Profile,
     /// The cgroup's usage when last read (at start, then after each cell).
     pub last_usage: Option<Usage>,
+    /// Started in the background, still at [`BACKGROUND_NICE`].
+    niced: bool,
 }
 
+/// Who waits for a session start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A request: normal CPU priority.
+    Request,
+    /// The warm pool: the lowest priority until handed out.
+    Background,
+}
+
+const BACKGROUND_NICE: i32 = 19;
+
 impl Launched {
+    /// Back to normal CPU priority, when a background start is handed out.
+    pub fn to_foreground(&mut self) {
+        if std::mem::take(&mut self.niced) {
+            if let Err(err) = set_nice(self.process.pid, 0) {
+                tracing::warn!(
+                    pid = self.process.pid,
+                    "restoring a session's CPU priority: {err}"
+                );
+            }
+        }
+    }
+
     /// Kills the whole process tree, removes the cgroup, reaps, and only then
     /// frees the uid. Blocking; call from a blocking thread.
     pub fn terminate(self) {
@@ -215,14 +240,33 @@ impl Launcher {
     }
 
     /// Starts a session process for `profile` named `name` and waits for READY.
-    pub async fn launch(&self, name: &str, profile: &Profile) -> Result<Launched, LaunchError> {
+    /// A `Background` start (the warm pool refilling) runs at the lowest CPU
+    /// priority until [`Launched::to_foreground`]: starting an interpreter is
+    /// ~15 ms of CPU that must not be taken from the requests being served.
+    pub async fn launch(
+        &self,
+        name: &str,
+        profile: &Profile,
+        priority: Priority,
+    ) -> Result<Launched, LaunchError> {
         let (uid, cgroup, spec) = self.prepare(name, profile)?;
         let cgroup = cgroup.map(Arc::new);
         let placing = cgroup.clone();
+        // Lowering a priority back needs privileges: isolated agents only.
+        let nice = if priority == Priority::Background && self.isolated() {
+            BACKGROUND_NICE
+        } else {
+            0
+        };
         let spawned = tokio::task::spawn_blocking(move || {
-            spawn(&spec, |pid| match &placing {
-                Some(cgroup) => cgroup.add_process(pid).map_err(|err| err.to_string()),
-                None => Ok(()),
+            spawn(&spec, |pid| {
+                if nice != 0 {
+                    set_nice(pid, nice).map_err(|err| format!("setpriority: {err}"))?;
+                }
+                match &placing {
+                    Some(cgroup) => cgroup.add_process(pid).map_err(|err| err.to_string()),
+                    None => Ok(()),
+                }
             })
         })
         .await
@@ -244,6 +288,7 @@ impl Launcher {
             python_version: String::new(),
             profile: profile.clone(),
             last_usage: None,
+            niced: nice != 0,
         };
         match launched.process.ready().await {
             Ok(ready) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::launcher::{LaunchError, Launched, Launcher};
+use super::launcher::{LaunchError, Launched, Launcher, Priority};
 use super::limits::Limits;
 use super::pool::Pool;
 use super::process::{CellEvent, CellInput, CellLimits, CellOutcome, Ended};
@@ -202,8 +202,16 @@ impl Manager {
         }
         let (launched, from_pool) = loop {
             let (mut launched, from_pool) = match pooled.take() {
-                Some(launched) => (launched, true),
-                None => (self.launcher.launch(&id, &profile).await?, false),
+                Some(mut launched) => {
+                    launched.to_foreground();
+                    (launched, true)
+                }
+                None => (
+                    self.launcher
+                        .launch(&id, &profile, Priority::Request)
+                        .await?,
+                    false,
+                ),
             };
             match launched.process.attach_contexts(&files).await {
                 Ok(()) => break (launched, from_pool),

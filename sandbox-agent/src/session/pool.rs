@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, Notify};
 
-use super::launcher::{Launched, Launcher};
+use super::launcher::{Launched, Launcher, Priority};
 use super::limits::Profile;
 
 pub struct Pool {
@@ -81,7 +81,7 @@ impl Pool {
                     self.counter.fetch_add(1, Ordering::Relaxed)
                 );
                 let launched = tokio::select! {
-                    launched = launcher.launch(&name, &self.profile) => launched,
+                    launched = launcher.launch(&name, &self.profile, Priority::Background) => launched,
                     () = &mut stop => break,
                 };
                 self.starting.store(0, Ordering::Relaxed);

@@ -253,8 +253,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             .client
             .create_session(CreateSessionRequest {
                 limits: limits.clone(),
-                context_ids: Vec::new(),
-                labels: None,
+                ..Default::default()
             })
             .await
             .with_context(|| format!("CreateSession #{n}\n{}", service.log_text()))?

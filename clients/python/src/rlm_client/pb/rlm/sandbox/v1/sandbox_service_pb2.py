@@ -28,7 +28,7 @@ from rlm_client.pb.rlm.sandbox.v1 import info_pb2 as rlm_dot_sandbox_dot_v1_dot_
 from rlm_client.pb.rlm.sandbox.v1 import session_pb2 as rlm_dot_sandbox_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$rlm/sandbox/v1/sandbox_service.proto\x12\x0erlm.sandbox.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1crlm/sandbox/v1/execute.proto\x1a\x19rlm/sandbox/v1/info.proto\x1a\x1crlm/sandbox/v1/session.proto\"\x89\x01\n\x14\x43reateSessionRequest\x12-\n\x06limits\x18\x01 \x01(\x0b\x32\x1d.rlm.sandbox.v1.SessionLimits\x12\x13\n\x0b\x63ontext_ids\x18\x02 \x03(\t\x12-\n\x06labels\x18\x03 \x01(\x0b\x32\x1d.rlm.sandbox.v1.SessionLabels\"\x83\x01\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66rom_warm_pool\x18\x02 \x01(\x08\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12-\n\x06limits\x18\x04 \x01(\x0b\x32\x1d.rlm.sandbox.v1.SessionLimits\"+\n\x15\x44\x65stroySessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\")\n\x16\x44\x65stroySessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\",\n\x13ListSessionsRequest\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\"E\n\x14ListSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.rlm.sandbox.v1.SessionInfo\"\x10\n\x0eGetInfoRequest\"\x91\x04\n\x0fGetInfoResponse\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x16\n\x0epython_version\x18\x02 \x01(\t\x12\x35\n\x0eisolation_mode\x18\x03 \x01(\x0e\x32\x1d.rlm.sandbox.v1.IsolationMode\x12<\n\x12isolation_features\x18\x04 \x03(\x0e\x32 .rlm.sandbox.v1.IsolationFeature\x12\x35\n\x0e\x63group_version\x18\x05 \x01(\x0e\x32\x1d.rlm.sandbox.v1.CgroupVersion\x12\x10\n\x08warnings\x18\x06 \x03(\t\x12(\n\x05pools\x18\x07 \x03(\x0b\x32\x19.rlm.sandbox.v1.PoolStats\x12\x15\n\rlive_sessions\x18\x08 \x01(\r\x12\x35\n\x0e\x64\x65\x66\x61ult_limits\x18\t \x01(\x0b\x32\x1d.rlm.sandbox.v1.SessionLimits\x12/\n\nmax_limits\x18\n \x01(\x0b\x32\x1b.rlm.sandbox.v1.LimitMaxima\x12\x38\n\rcontext_store\x18\x0b \x01(\x0b\x32!.rlm.sandbox.v1.ContextStoreStats\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x11PutContextRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpected_sha256\x18\x02 \x01(\t\x12\x18\n\x10total_size_bytes\x18\x03 \x01(\x04\"U\n\x12PutContextResponse\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x17\n\x0f\x61lready_existed\x18\x03 \x01(\x08\"\xbe\x01\n\x0e\x45xecuteRequest\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1c.rlm.sandbox.v1.ExecuteStartH\x00\x12;\n\x10subcall_response\x18\x02 \x01(\x0b\x32\x1f.rlm.sandbox.v1.SubcallResponseH\x00\x12\x35\n\tinterrupt\x18\x03 \x01(\x0b\x32 .rlm.sandbox.v1.ExecuteInterruptH\x00\x42\t\n\x07payload\"\xb7\x01\n\x0f\x45xecuteResponse\x12-\n\x06output\x18\x01 \x01(\x0b\x32\x1b.rlm.sandbox.v1.OutputChunkH\x00\x12\x39\n\x0fsubcall_request\x18\x02 \x01(\x0b\x32\x1e.rlm.sandbox.v1.SubcallRequestH\x00\x12/\n\x06result\x18\x03 \x01(\x0b\x32\x1d.rlm.sandbox.v1.ExecuteResultH\x00\x42\t\n\x07payload2\x9d\x04\n\x0eSandboxService\x12\\\n\rCreateSession\x12$.rlm.sandbox.v1.CreateSessionRequest\x1a%.rlm.sandbox.v1.CreateSessionResponse\x12_\n\x0e\x44\x65stroySession\x12%.rlm.sandbox.v1.DestroySessionRequest\x1a&.rlm.sandbox.v1.DestroySessionResponse\x12Y\n\x0cListSessions\x12#.rlm.sandbox.v1.ListSessionsRequest\x1a$.rlm.sandbox.v1.ListSessionsResponse\x12J\n\x07GetInfo\x12\x1e.rlm.sandbox.v1.GetInfoRequest\x1a\x1f.rlm.sandbox.v1.GetInfoResponse\x12U\n\nPutContext\x12!.rlm.sandbox.v1.PutContextRequest\x1a\".rlm.sandbox.v1.PutContextResponse(\x01\x12N\n\x07\x45xecute\x12\x1e.rlm.sandbox.v1.ExecuteRequest\x1a\x1f.rlm.sandbox.v1.ExecuteResponse(\x01\x30\x01\x42\x46ZDgithub.com/rlm-runtime/rlm/clients/go/rlmpb/rlm/sandbox/v1;sandboxv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$rlm/sandbox/v1/sandbox_service.proto\x12\x0erlm.sandbox.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1crlm/sandbox/v1/execute.proto\x1a\x19rlm/sandbox/v1/info.proto\x1a\x1crlm/sandbox/v1/session.proto\"\xa0\x01\n\x14\x43reateSessionRequest\x12-\n\x06limits\x18\x01 \x01(\x0b\x32\x1d.rlm.sandbox.v1.SessionLimits\x12\x13\n\x0b\x63ontext_ids\x18\x02 \x03(\t\x12-\n\x06labels\x18\x03 \x01(\x0b\x32\x1d.rlm.sandbox.v1.SessionLabels\x12\x15\n\rjson_contexts\x18\x04 \x03(\r\"\xb5\x01\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66rom_warm_pool\x18\x02 \x01(\x08\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12-\n\x06limits\x18\x04 \x01(\x0b\x32\x1d.rlm.sandbox.v1.SessionLimits\x12\x30\n\x08\x63ontexts\x18\x05 \x03(\x0b\x32\x1e.rlm.sandbox.v1.ContextSummary\"g\n\x0e\x43ontextSummary\x12\r\n\x05\x63hars\x18\x01 \x01(\x04\x12\x0f\n\x07preview\x18\x02 \x01(\t\x12,\n\x04json\x18\x03 \x01(\x0b\x32\x19.rlm.sandbox.v1.JsonShapeH\x00\x88\x01\x01\x42\x07\n\x05_json\"(\n\tJsonShape\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\x04\"+\n\x15\x44\x65stroySessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\")\n\x16\x44\x65stroySessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\",\n\x13ListSessionsRequest\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\"E\n\x14ListSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.rlm.sandbox.v1.SessionInfo\"\x10\n\x0eGetInfoRequest\"\x91\x04\n\x0fGetInfoResponse\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x16\n\x0epython_version\x18\x02 \x01(\t\x12\x35\n\x0eisolation_mode\x18\x03 \x01(\x0e\x32\x1d.rlm.sandbox.v1.IsolationMode\x12<\n\x12isolation_features\x18\x04 \x03(\x0e\x32 .rlm.sandbox.v1.IsolationFeature\x12\x35\n\x0e\x63group_version\x18\x05 \x01(\x0e\x32\x1d.rlm.sandbox.v1.CgroupVersion\x12\x10\n\x08warnings\x18\x06 \x03(\t\x12(\n\x05pools\x18\x07 \x03(\x0b\x32\x19.rlm.sandbox.v1.PoolStats\x12\x15\n\rlive_sessions\x18\x08 \x01(\r\x12\x35\n\x0e\x64\x65\x66\x61ult_limits\x18\t \x01(\x0b\x32\x1d.rlm.sandbox.v1.SessionLimits\x12/\n\nmax_limits\x18\n \x01(\x0b\x32\x1b.rlm.sandbox.v1.LimitMaxima\x12\x38\n\rcontext_store\x18\x0b \x01(\x0b\x32!.rlm.sandbox.v1.ContextStoreStats\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x11PutContextRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpected_sha256\x18\x02 \x01(\t\x12\x18\n\x10total_size_bytes\x18\x03 \x01(\x04\"U\n\x12PutContextResponse\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x17\n\x0f\x61lready_existed\x18\x03 \x01(\x08\"\xbe\x01\n\x0e\x45xecuteRequest\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1c.rlm.sandbox.v1.ExecuteStartH\x00\x12;\n\x10subcall_response\x18\x02 \x01(\x0b\x32\x1f.rlm.sandbox.v1.SubcallResponseH\x00\x12\x35\n\tinterrupt\x18\x03 \x01(\x0b\x32 .rlm.sandbox.v1.ExecuteInterruptH\x00\x42\t\n\x07payload\"\xb7\x01\n\x0f\x45xecuteResponse\x12-\n\x06output\x18\x01 \x01(\x0b\x32\x1b.rlm.sandbox.v1.OutputChunkH\x00\x12\x39\n\x0fsubcall_request\x18\x02 \x01(\x0b\x32\x1e.rlm.sandbox.v1.SubcallRequestH\x00\x12/\n\x06result\x18\x03 \x01(\x0b\x32\x1d.rlm.sandbox.v1.ExecuteResultH\x00\x42\t\n\x07payload2\x9d\x04\n\x0eSandboxService\x12\\\n\rCreateSession\x12$.rlm.sandbox.v1.CreateSessionRequest\x1a%.rlm.sandbox.v1.CreateSessionResponse\x12_\n\x0e\x44\x65stroySession\x12%.rlm.sandbox.v1.DestroySessionRequest\x1a&.rlm.sandbox.v1.DestroySessionResponse\x12Y\n\x0cListSessions\x12#.rlm.sandbox.v1.ListSessionsRequest\x1a$.rlm.sandbox.v1.ListSessionsResponse\x12J\n\x07GetInfo\x12\x1e.rlm.sandbox.v1.GetInfoRequest\x1a\x1f.rlm.sandbox.v1.GetInfoResponse\x12U\n\nPutContext\x12!.rlm.sandbox.v1.PutContextRequest\x1a\".rlm.sandbox.v1.PutContextResponse(\x01\x12N\n\x07\x45xecute\x12\x1e.rlm.sandbox.v1.ExecuteRequest\x1a\x1f.rlm.sandbox.v1.ExecuteResponse(\x01\x30\x01\x42\x46ZDgithub.com/rlm-runtime/rlm/clients/go/rlmpb/rlm/sandbox/v1;sandboxv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,29 +37,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZDgithub.com/rlm-runtime/rlm/clients/go/rlmpb/rlm/sandbox/v1;sandboxv1'
   _globals['_CREATESESSIONREQUEST']._serialized_start=177
-  _globals['_CREATESESSIONREQUEST']._serialized_end=314
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=317
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=448
-  _globals['_DESTROYSESSIONREQUEST']._serialized_start=450
-  _globals['_DESTROYSESSIONREQUEST']._serialized_end=493
-  _globals['_DESTROYSESSIONRESPONSE']._serialized_start=495
-  _globals['_DESTROYSESSIONRESPONSE']._serialized_end=536
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=538
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=582
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=584
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=653
-  _globals['_GETINFOREQUEST']._serialized_start=655
-  _globals['_GETINFOREQUEST']._serialized_end=671
-  _globals['_GETINFORESPONSE']._serialized_start=674
-  _globals['_GETINFORESPONSE']._serialized_end=1203
-  _globals['_PUTCONTEXTREQUEST']._serialized_start=1205
-  _globals['_PUTCONTEXTREQUEST']._serialized_end=1290
-  _globals['_PUTCONTEXTRESPONSE']._serialized_start=1292
-  _globals['_PUTCONTEXTRESPONSE']._serialized_end=1377
-  _globals['_EXECUTEREQUEST']._serialized_start=1380
-  _globals['_EXECUTEREQUEST']._serialized_end=1570
-  _globals['_EXECUTERESPONSE']._serialized_start=1573
-  _globals['_EXECUTERESPONSE']._serialized_end=1756
-  _globals['_SANDBOXSERVICE']._serialized_start=1759
-  _globals['_SANDBOXSERVICE']._serialized_end=2300
+  _globals['_CREATESESSIONREQUEST']._serialized_end=337
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=340
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=521
+  _globals['_CONTEXTSUMMARY']._serialized_start=523
+  _globals['_CONTEXTSUMMARY']._serialized_end=626
+  _globals['_JSONSHAPE']._serialized_start=628
+  _globals['_JSONSHAPE']._serialized_end=668
+  _globals['_DESTROYSESSIONREQUEST']._serialized_start=670
+  _globals['_DESTROYSESSIONREQUEST']._serialized_end=713
+  _globals['_DESTROYSESSIONRESPONSE']._serialized_start=715
+  _globals['_DESTROYSESSIONRESPONSE']._serialized_end=756
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=758
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=802
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=804
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=873
+  _globals['_GETINFOREQUEST']._serialized_start=875
+  _globals['_GETINFOREQUEST']._serialized_end=891
+  _globals['_GETINFORESPONSE']._serialized_start=894
+  _globals['_GETINFORESPONSE']._serialized_end=1423
+  _globals['_PUTCONTEXTREQUEST']._serialized_start=1425
+  _globals['_PUTCONTEXTREQUEST']._serialized_end=1510
+  _globals['_PUTCONTEXTRESPONSE']._serialized_start=1512
+  _globals['_PUTCONTEXTRESPONSE']._serialized_end=1597
+  _globals['_EXECUTEREQUEST']._serialized_start=1600
+  _globals['_EXECUTEREQUEST']._serialized_end=1790
+  _globals['_EXECUTERESPONSE']._serialized_start=1793
+  _globals['_EXECUTERESPONSE']._serialized_end=1976
+  _globals['_SANDBOXSERVICE']._serialized_start=1979
+  _globals['_SANDBOXSERVICE']._serialized_end=2520
 # @@protoc_insertion_point(module_scope)

@@ -13,26 +13,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("limits", "context_ids", "labels")
+    __slots__ = ("limits", "context_ids", "labels", "json_contexts")
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_IDS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    JSON_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     limits: _session_pb2.SessionLimits
     context_ids: _containers.RepeatedScalarFieldContainer[str]
     labels: _session_pb2.SessionLabels
-    def __init__(self, limits: _Optional[_Union[_session_pb2.SessionLimits, _Mapping]] = ..., context_ids: _Optional[_Iterable[str]] = ..., labels: _Optional[_Union[_session_pb2.SessionLabels, _Mapping]] = ...) -> None: ...
+    json_contexts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, limits: _Optional[_Union[_session_pb2.SessionLimits, _Mapping]] = ..., context_ids: _Optional[_Iterable[str]] = ..., labels: _Optional[_Union[_session_pb2.SessionLabels, _Mapping]] = ..., json_contexts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
-    __slots__ = ("session_id", "from_warm_pool", "profile", "limits")
+    __slots__ = ("session_id", "from_warm_pool", "profile", "limits", "contexts")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_WARM_POOL_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     from_warm_pool: bool
     profile: str
     limits: _session_pb2.SessionLimits
-    def __init__(self, session_id: _Optional[str] = ..., from_warm_pool: _Optional[bool] = ..., profile: _Optional[str] = ..., limits: _Optional[_Union[_session_pb2.SessionLimits, _Mapping]] = ...) -> None: ...
+    contexts: _containers.RepeatedCompositeFieldContainer[ContextSummary]
+    def __init__(self, session_id: _Optional[str] = ..., from_warm_pool: _Optional[bool] = ..., profile: _Optional[str] = ..., limits: _Optional[_Union[_session_pb2.SessionLimits, _Mapping]] = ..., contexts: _Optional[_Iterable[_Union[ContextSummary, _Mapping]]] = ...) -> None: ...
+
+class ContextSummary(_message.Message):
+    __slots__ = ("chars", "preview", "json")
+    CHARS_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    chars: int
+    preview: str
+    json: JsonShape
+    def __init__(self, chars: _Optional[int] = ..., preview: _Optional[str] = ..., json: _Optional[_Union[JsonShape, _Mapping]] = ...) -> None: ...
+
+class JsonShape(_message.Message):
+    __slots__ = ("type", "items")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    items: int
+    def __init__(self, type: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...
 
 class DestroySessionRequest(_message.Message):
     __slots__ = ("session_id",)
