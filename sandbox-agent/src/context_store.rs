@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::context_summary::{Summary, SummaryCache};
+use crate::context_summary::{Summary, SummaryCache, TextMeasure, TextSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextStoreError {
@@ -138,7 +138,13 @@ impl ContextStore {
                 return Err(source_error);
             }
             Ok(Err(err)) => Err(err),
-            Ok(Ok((digest, size))) => self.commit(&staged, &expect, digest, size),
+            Ok(Ok((digest, size, text))) => {
+                let stored = self.commit(&staged, &expect, digest, size);
+                if let Ok(stored) = &stored {
+                    self.summaries.remember_text(&stored.id, text);
+                }
+                stored
+            }
         };
         if result
             .as_ref()
@@ -153,7 +159,7 @@ impl ContextStore {
         &self,
         staged: &Path,
         chunks: &mut (impl Stream<Item = Result<Vec<u8>, E>> + Unpin + Send),
-    ) -> Result<Result<(String, u64), ContextStoreError>, E> {
+    ) -> Result<Result<(String, u64, TextSummary), ContextStoreError>, E> {
         let mut file = match tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -164,6 +170,9 @@ impl ContextStore {
             Err(err) => return Ok(Err(io_error(staged)(err))),
         };
         let mut hasher = Sha256::new();
+        // Measured on the way, so the first CreateSession naming it does not
+        // read it back.
+        let mut text = TextMeasure::default();
         let mut size = 0u64;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
@@ -174,6 +183,7 @@ impl ContextStore {
                 }));
             }
             hasher.update(&chunk);
+            text.feed(&chunk);
             if let Err(err) = file.write_all(&chunk).await {
                 return Ok(Err(io_error(staged)(err)));
             }
@@ -181,7 +191,7 @@ impl ContextStore {
         if let Err(err) = file.flush().await {
             return Ok(Err(io_error(staged)(err)));
         }
-        Ok(Ok((hex::encode(hasher.finalize()), size)))
+        Ok(Ok((hex::encode(hasher.finalize()), size, text.finish())))
     }
 
     fn commit(

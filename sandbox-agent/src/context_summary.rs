@@ -96,28 +96,42 @@ fn preview_of(head: &[u8]) -> String {
         .collect()
 }
 
+/// Measures text fed in pieces (while it is uploaded, or read back).
+#[derive(Default)]
+pub struct TextMeasure {
+    counter: CharCounter,
+    head: Vec<u8>,
+}
+
+impl TextMeasure {
+    pub fn feed(&mut self, piece: &[u8]) {
+        if self.head.len() < PREVIEW_BYTES {
+            let take = (PREVIEW_BYTES - self.head.len()).min(piece.len());
+            self.head.extend_from_slice(&piece[..take]);
+        }
+        self.counter.feed(piece);
+    }
+
+    pub fn finish(self) -> TextSummary {
+        TextSummary {
+            chars: self.counter.finish(),
+            preview: preview_of(&self.head),
+        }
+    }
+}
+
 /// Summarizes the text read from `reader`.
 pub fn summarize_text(mut reader: impl Read) -> std::io::Result<TextSummary> {
-    let mut counter = CharCounter::default();
-    let mut head = Vec::with_capacity(PREVIEW_BYTES);
+    let mut measure = TextMeasure::default();
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(measure.finish()),
+            Ok(n) => measure.feed(&buf[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
-        };
-        if head.len() < PREVIEW_BYTES {
-            let take = (PREVIEW_BYTES - head.len()).min(n);
-            head.extend_from_slice(&buf[..take]);
         }
-        counter.feed(&buf[..n]);
     }
-    Ok(TextSummary {
-        chars: counter.finish(),
-        preview: preview_of(&head),
-    })
 }
 
 /// Counts the top level of a JSON document without building it.
@@ -208,6 +222,17 @@ impl SummaryCache {
         }
         entries.insert(id.to_owned(), Arc::clone(&summary));
         Ok(summary)
+    }
+
+    /// Records the text summary of `id` measured while it was stored.
+    pub fn remember_text(&self, id: &str, text: TextSummary) {
+        let mut entries = self.lock();
+        if entries.len() >= CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries
+            .entry(id.to_owned())
+            .or_insert_with(|| Arc::new(Summary { text, json: None }));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Summary>>> {
