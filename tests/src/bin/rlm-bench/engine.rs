@@ -474,6 +474,62 @@ impl Bench {
         Ok(Stats::new(samples.split_off(5)))
     }
 
+    /// What the fake alone needs for the model calls of two workloads, sent
+    /// from here: `fanout`'s 100 sub-calls with [`MAX_PARALLEL`] in flight
+    /// (one chunk each, as the engine sends them), and 21 sequential
+    /// requests whose history grows by two messages a turn as `iterations`'
+    /// does (a 3 KB system prompt, then ~100-byte turns). `n` totals each.
+    async fn fake_workload_floors(&self, n: usize) -> anyhow::Result<(Stats, Stats)> {
+        let http = reqwest::Client::new();
+        let url = format!("{}/chat/completions", self.fake.base_url());
+        let post = |body: Value| {
+            let request = http.post(&url).json(&body);
+            async move {
+                let response = request.send().await?;
+                ensure!(
+                    response.status().is_success(),
+                    "fake answered {}",
+                    response.status()
+                );
+                response.bytes().await?;
+                anyhow::Ok(())
+            }
+        };
+        let (chunks_json, _) = fake_llm::fanout_chunks_json(100, 1500, 99);
+        let chunks: Vec<String> = serde_json::from_str(&chunks_json)?;
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL as usize));
+        let mut fanout = Vec::with_capacity(n);
+        for _ in 0..n {
+            self.fake.reset("fanout", json!({"k": 100}), 0.0).await;
+            let started = Instant::now();
+            let calls = chunks.iter().map(|chunk| {
+                let limit = std::sync::Arc::clone(&limit);
+                let body = json!({"model": "fake-rlm", "messages": [
+                    {"role": "user", "content": format!("COUNT_WORD[zebra]\n{chunk}")}]});
+                let call = post(body);
+                async move {
+                    let _permit = limit.acquire().await?;
+                    call.await
+                }
+            });
+            futures::future::try_join_all(calls).await?;
+            fanout.push(started.elapsed());
+        }
+        let mut iterations = Vec::with_capacity(n);
+        for _ in 0..n {
+            self.fake.reset("iterations", json!({"n": 20}), 0.0).await;
+            let mut messages = vec![json!({"role": "system", "content": "s".repeat(3000)})];
+            let started = Instant::now();
+            for turn in 0..21 {
+                messages.push(json!({"role": "user", "content": format!("Turn {turn}: REPL output:\nX = {turn}\n")}));
+                post(json!({"model": "fake-rlm", "messages": messages})).await?;
+                messages.push(json!({"role": "assistant", "content": "```repl\nX = X + 1\nprint('X =', X)\n```"}));
+            }
+            iterations.push(started.elapsed());
+        }
+        Ok((Stats::new(fanout), Stats::new(iterations)))
+    }
+
     /// The warm pool's (hits, misses) so far.
     async fn pool_counters(&mut self) -> anyhow::Result<(u64, u64)> {
         let info = self.agent.client.get_info(GetInfoRequest {}).await?;
@@ -636,6 +692,19 @@ async fn round_trip_rows(bench: &mut Bench, calls: usize) -> anyhow::Result<()> 
 }
 
 async fn end_to_end_rows(bench: &mut Bench, runs: usize) -> anyhow::Result<()> {
+    let (fanout_floor, iterations_floor) = bench.fake_workload_floors(runs).await?;
+    print_row(
+        "floor: fanout's 100 sub-calls sent to fake_llm.py from this process, 16 in flight",
+        &fanout_floor,
+        None,
+        "–",
+    );
+    print_row(
+        "floor: 21 sequential requests to fake_llm.py, history growing as in iterations",
+        &iterations_floor,
+        None,
+        "–",
+    );
     let mut workloads: Vec<Workload> = bench.needle_workloads().await?.into();
     workloads.push(fanout_workload(0.0));
     workloads.push(iterations_workload());
