@@ -169,14 +169,33 @@ impl<'de> Visitor<'de> for TopLevel {
     }
 }
 
+/// JSON contexts up to this size are read whole and parsed from memory
+/// (several times faster); larger ones are streamed, so a 1 GiB context is
+/// never held in the agent's memory.
+const JSON_IN_MEMORY_BYTES: u64 = 64 << 20;
+
 /// The shape of a JSON array or object; `None` for anything else, or for
 /// what this parser refuses and Python might accept (NaN, Infinity, keys
 /// with lone surrogates or invalid UTF-8): the caller then parses it in the
 /// session, whose verdict is the one that counts.
-pub fn json_shape(reader: impl Read) -> Option<JsonShape> {
-    // Streamed: a 1 GiB context must not be read into the agent's memory.
-    let mut de =
-        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, reader));
+pub fn json_shape(bytes: &[u8]) -> Option<JsonShape> {
+    shape_of(serde_json::Deserializer::from_slice(bytes))
+}
+
+fn json_shape_of_file(path: &Path) -> std::io::Result<Option<JsonShape>> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() <= JSON_IN_MEMORY_BYTES {
+        let mut bytes = Vec::new();
+        std::io::BufReader::new(file).read_to_end(&mut bytes)?;
+        return Ok(json_shape(&bytes));
+    }
+    let reader = std::io::BufReader::with_capacity(1 << 16, file);
+    Ok(shape_of(serde_json::Deserializer::from_reader(reader)))
+}
+
+fn shape_of<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+) -> Option<JsonShape> {
     let shape = (&mut de).deserialize_any(TopLevel).ok()?;
     de.end().ok()?;
     Some(shape)
@@ -211,7 +230,7 @@ impl SummaryCache {
             None => summarize_text(std::fs::File::open(path)?)?,
         };
         let json = if as_json {
-            Some(json_shape(std::fs::File::open(path)?))
+            Some(json_shape_of_file(path)?)
         } else {
             None
         };
@@ -298,14 +317,14 @@ mod tests {
     #[test]
     fn json_shapes_of_arrays_and_objects_only() {
         assert_eq!(
-            json_shape(&br#" [1, "two", {"three": [3]}, null] "#[..]),
+            json_shape(br#" [1, "two", {"three": [3]}, null] "#),
             Some(JsonShape {
                 kind: "list",
                 items: 4
             })
         );
         assert_eq!(
-            json_shape(&br#"{"a": 1, "b": 2, "a": 3}"#[..]),
+            json_shape(br#"{"a": 1, "b": 2, "a": 3}"#),
             Some(JsonShape {
                 kind: "dict",
                 items: 2
@@ -331,6 +350,18 @@ mod tests {
                 items: 1
             })
         );
+    }
+
+    #[test]
+    fn streamed_json_gives_the_same_shapes() {
+        for text in [
+            &br#"[1, {"a": [2]}, "three"]"#[..],
+            br#"{"k": 1, "k": 2, "j": null}"#,
+            b"[NaN]",
+        ] {
+            let streamed = shape_of(serde_json::Deserializer::from_reader(text));
+            assert_eq!(streamed, json_shape(text), "{text:?}");
+        }
     }
 
     #[test]
