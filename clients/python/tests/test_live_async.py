@@ -23,6 +23,12 @@ def address(stack):
 
 
 @pytest.mark.asyncio
+async def test_async_unix_socket_targets_work(stack):
+    async with AsyncRLMClient(stack.agent_address, timeout=10) as client:
+        assert await client.health() == "SERVING"
+
+
+@pytest.mark.asyncio
 async def test_async_complete_and_health(stack, address):
     async with AsyncRLMClient(address, timeout=120) as client:
         assert await client.health() == "SERVING"

@@ -354,8 +354,12 @@ def normalise_target(target: str) -> str:
     return target
 
 
-def channel_options(options: Optional[Sequence[Tuple[str, Any]]]) -> List[Tuple[str, Any]]:
+def channel_options(options: Optional[Sequence[Tuple[str, Any]]], target: str = "") -> List[Tuple[str, Any]]:
     merged = dict(DEFAULT_CHANNEL_OPTIONS)
+    if target.startswith("unix:"):
+        # grpc-core sends the socket path as :authority on unix: targets, which
+        # HTTP/2 servers such as ours (hyper) reject with RST_STREAM.
+        merged["grpc.default_authority"] = "localhost"
     merged.update(dict(options or ()))
     return list(merged.items())
 

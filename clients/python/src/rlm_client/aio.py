@@ -79,7 +79,7 @@ class AsyncRLMClient:
         self._metadata = _core.call_metadata(api_key, grpc_metadata)
         self._owns_channel = channel is None
         if channel is None:
-            opts = _core.channel_options(options)
+            opts = _core.channel_options(options, self.target)
             if credentials is not None:
                 channel = grpc.aio.secure_channel(self.target, credentials, options=opts, interceptors=interceptors)
             else:

@@ -91,7 +91,7 @@ class RLMClient:
         self._metadata = _core.call_metadata(api_key, grpc_metadata)
         self._owns_channel = channel is None
         if channel is None:
-            opts = _core.channel_options(options)
+            opts = _core.channel_options(options, self.target)
             if credentials is not None:
                 channel = grpc.secure_channel(self.target, credentials, options=opts)
             else:
