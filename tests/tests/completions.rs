@@ -1146,6 +1146,29 @@ async fn max_iterations_ends_a_model_that_never_finishes() {
     assert_eq!(stat(&stats, "root_calls"), 3, "{stats:#}");
 }
 
+/// JSON the agent can describe but Python refuses (an integer over Python's
+/// 4,300-digit limit): the first model call has started alongside the setup
+/// cell, so the completion ends with the reason instead of INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_python_refuses_after_the_start_ends_the_completion_with_the_reason() {
+    let (_fake, _stack, mut client) = iterations_stack(&[]).await;
+    let huge = format!("[{}]", "7".repeat(5000));
+    let result = complete(
+        &mut client,
+        spec(
+            &fake_llm::question("iterations", &json!({"n": 20})),
+            vec![json_context(&huge)],
+            None,
+        ),
+    )
+    .await;
+    assert_ended_by(&result, TerminationReason::Error);
+    assert!(
+        result.detail.contains("context 0: not valid JSON") && result.detail.contains("4300"),
+        "{result:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn max_subcalls_ends_the_fanout() {
     require_root();
