@@ -3,6 +3,7 @@
 //! serving and shutdown sequence.
 
 pub mod config;
+pub mod deadline;
 pub mod listen;
 pub mod propagation;
 pub mod server;

@@ -11,12 +11,19 @@ use tonic::transport::server::Router;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
 
+use crate::deadline::DeadlineLayer;
 use crate::listen::{Address, bind_unix};
 use crate::propagation::server_span;
 
+/// The server every RLM binary runs: tonic's, with [`DeadlineLayer`].
+pub type RlmServer = tonic::transport::Server<Stack<DeadlineLayer, Identity>>;
+/// The router of an [`RlmServer`].
+pub type RlmRouter = Router<Stack<DeadlineLayer, Identity>>;
+
 /// A tonic server builder with the settings every RLM server uses.
-pub fn builder() -> tonic::transport::Server {
+pub fn builder() -> RlmServer {
     tonic::transport::Server::builder()
         .trace_fn(server_span)
         .tcp_nodelay(true)
@@ -28,15 +35,16 @@ pub fn builder() -> tonic::transport::Server {
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .max_frame_size(Some(256 << 10))
+        .layer(DeadlineLayer)
 }
 
 /// Adds `grpc.health.v1.Health` and server reflection (v1 and v1alpha) for the
 /// given encoded descriptor sets to `server`; returns the router and the
 /// reporter that controls health.
 pub fn with_standard_services(
-    server: &mut tonic::transport::Server,
+    server: &mut RlmServer,
     descriptor_sets: &[&'static [u8]],
-) -> anyhow::Result<(Router, HealthReporter)> {
+) -> anyhow::Result<(RlmRouter, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -60,7 +68,7 @@ pub fn with_standard_services(
 /// Serves `router` on `address` until `stop` resolves, then drains.
 /// `socket_mode` applies to Unix sockets.
 pub async fn serve(
-    router: Router,
+    router: RlmRouter,
     address: &Address,
     socket_mode: u32,
     stop: impl Future<Output = ()> + Send,
