@@ -89,10 +89,18 @@ impl ContextStore {
     /// What context `id` holds (see [`crate::context_summary`]); `None` when
     /// it is not stored. Blocking on first use of a content.
     pub fn summary(&self, id: &str, as_json: bool) -> std::io::Result<Option<Arc<Summary>>> {
+        if let Some(summary) = self.summaries.cached(id, as_json) {
+            return Ok(Some(summary));
+        }
         match self.path_of(id) {
             Some(path) => self.summaries.summary(id, &path, as_json).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// What context `id` holds, when that is already known (no I/O).
+    pub fn cached_summary(&self, id: &str, as_json: bool) -> Option<Arc<Summary>> {
+        self.summaries.cached(id, as_json)
     }
 
     /// The file holding context `id`, if stored.

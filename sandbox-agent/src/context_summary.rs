@@ -216,16 +216,22 @@ pub struct SummaryCache {
 }
 
 impl SummaryCache {
+    /// The cached summary of `id`, if it has what is asked (the JSON shape
+    /// when `as_json`). Never blocks on I/O.
+    pub fn cached(&self, id: &str, as_json: bool) -> Option<Arc<Summary>> {
+        self.lock()
+            .get(id)
+            .filter(|summary| !as_json || summary.json.is_some())
+            .cloned()
+    }
+
     /// The summary of the content `id` stored at `path`, with its JSON shape
     /// when `as_json`. Blocking: reads the whole file when not cached.
     pub fn summary(&self, id: &str, path: &Path, as_json: bool) -> std::io::Result<Arc<Summary>> {
-        let cached = self.lock().get(id).cloned();
-        if let Some(summary) = &cached {
-            if !as_json || summary.json.is_some() {
-                return Ok(Arc::clone(summary));
-            }
+        if let Some(summary) = self.cached(id, as_json) {
+            return Ok(summary);
         }
-        let text = match &cached {
+        let text = match self.cached(id, false) {
             Some(summary) => summary.text.clone(),
             None => summarize_text(std::fs::File::open(path)?)?,
         };
@@ -235,23 +241,24 @@ impl SummaryCache {
             None
         };
         let summary = Arc::new(Summary { text, json });
-        let mut entries = self.lock();
-        if entries.len() >= CACHE_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(id.to_owned(), Arc::clone(&summary));
+        self.insert(id, Arc::clone(&summary), true);
         Ok(summary)
     }
 
     /// Records the text summary of `id` measured while it was stored.
     pub fn remember_text(&self, id: &str, text: TextSummary) {
+        self.insert(id, Arc::new(Summary { text, json: None }), false);
+    }
+
+    /// Inserts (or, with `replace`, updates) the summary of `id`.
+    fn insert(&self, id: &str, summary: Arc<Summary>, replace: bool) {
         let mut entries = self.lock();
         if entries.len() >= CACHE_ENTRIES {
             entries.clear();
         }
-        entries
-            .entry(id.to_owned())
-            .or_insert_with(|| Arc::new(Summary { text, json: None }));
+        if replace || !entries.contains_key(id) {
+            entries.insert(id.to_owned(), summary);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Summary>>> {

@@ -394,31 +394,48 @@ async fn summarize(
     if ids.is_empty() {
         return Vec::new();
     }
+    let as_json = move |index: usize| json_contexts.iter().any(|&i| i as usize == index);
+    // Known contents (the usual case) need no blocking thread.
+    let cached: Option<Vec<ContextSummary>> = (0..)
+        .zip(&ids)
+        .map(|(index, id)| {
+            let json = as_json(index);
+            let summary = store.cached_summary(id, json)?;
+            Some(to_proto(&summary, json))
+        })
+        .collect();
+    if let Some(summaries) = cached {
+        return summaries;
+    }
     let work = tokio::task::spawn_blocking(move || {
-        ids.iter()
-            .enumerate()
+        (0..)
+            .zip(&ids)
             .map(|(index, id)| {
-                let as_json = json_contexts.iter().any(|&i| i as usize == index);
-                let summary = store.summary(id, as_json).ok()??;
-                Some(ContextSummary {
-                    chars: summary.text.chars,
-                    preview: summary.text.preview.clone(),
-                    json: summary
-                        .json
-                        .clone()
-                        .flatten()
-                        .filter(|_| as_json)
-                        .map(|shape| JsonShape {
-                            r#type: shape.kind.to_owned(),
-                            items: shape.items,
-                        }),
-                })
+                let json = as_json(index);
+                let summary = store.summary(id, json).ok()??;
+                Some(to_proto(&summary, json))
             })
             .collect::<Option<Vec<_>>>()
     });
     match work.await {
         Ok(Some(summaries)) => summaries,
         Ok(None) | Err(_) => Vec::new(),
+    }
+}
+
+fn to_proto(summary: &crate::context_summary::Summary, as_json: bool) -> ContextSummary {
+    ContextSummary {
+        chars: summary.text.chars,
+        preview: summary.text.preview.clone(),
+        json: summary
+            .json
+            .clone()
+            .flatten()
+            .filter(|_| as_json)
+            .map(|shape| JsonShape {
+                r#type: shape.kind.to_owned(),
+                items: shape.items,
+            }),
     }
 }
 
