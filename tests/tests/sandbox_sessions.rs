@@ -288,17 +288,18 @@ async fn warm_pool_serves_default_sessions_and_refills() {
         created.from_warm_pool,
         "a default session comes from the pool"
     );
+    // Other mounts (here the tmpfs size) cannot be served by the pool.
     let custom = sandbox
         .create(
             Some(SessionLimits {
-                memory_bytes: 128 << 20,
+                tmpfs_bytes: 32 << 20,
                 ..Default::default()
             }),
             Vec::new(),
         )
         .await;
-    assert!(!custom.from_warm_pool, "another profile starts cold");
-    assert_eq!(custom.profile, "mem128Mi-cpu1000m-pids64-tmp64Mi");
+    assert!(!custom.from_warm_pool, "other mounts start a process");
+    assert_eq!(custom.profile, "mem512Mi-cpu1000m-pids64-tmp32Mi");
     let after = sandbox
         .client
         .get_info(GetInfoRequest {})
@@ -704,6 +705,90 @@ async fn one_stream_carries_many_cells_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn other_limits_are_served_by_relimiting_a_pool_session() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = agent_env(
+        dir.path(),
+        &format!("rlm-test-relimit-{}", std::process::id()),
+    );
+    env.insert("RLM_AGENT_POOL_SIZE".into(), "1".into());
+    let (_agent, mut sandbox) = dedicated_agent(dir.path(), &env).await;
+    wait_pool_ready(&mut sandbox, 0).await;
+    let limits = SessionLimits {
+        memory_bytes: 128 << 20,
+        max_pids: 16,
+        cpu_millicores: 500,
+        ..Default::default()
+    };
+    let custom = sandbox.create(Some(limits), Vec::new()).await;
+    assert!(custom.from_warm_pool, "{custom:?}");
+    assert_eq!(custom.profile, "mem128Mi-cpu500m-pids16-tmp64Mi");
+    // It lives under its own limits, not the pool's (64 pids, 512 MiB): 15
+    // threads beside the main one, then EAGAIN; 200 MiB is more than it may have.
+    let threads = sandbox
+        .run(
+            &custom.session_id,
+            "import threading\nstop = threading.Event()\nstarted = 0\n\
+             try:\n    for _ in range(40):\n        threading.Thread(target=stop.wait).start()\n        started += 1\n\
+             except RuntimeError as e:\n    print(started, e)\nstop.set()",
+        )
+        .await
+        .ok();
+    assert_eq!(threads.out(), "15 can't start new thread\n");
+    let bomb = sandbox
+        .run(&custom.session_id, "block = bytearray(200 << 20)")
+        .await;
+    assert!(
+        bomb.result.session_ended && bomb.result.end_reason() == SessionEndReason::OomKilled,
+        "{:?}",
+        bomb.result
+    );
+    // Raising works as well: the refilled pool session becomes a 1 GiB one
+    // that holds what the pool's 512 MiB could not.
+    wait_pool_ready(&mut sandbox, 0).await;
+    let big = sandbox
+        .create(
+            Some(SessionLimits {
+                memory_bytes: 1 << 30,
+                ..Default::default()
+            }),
+            Vec::new(),
+        )
+        .await;
+    assert!(big.from_warm_pool, "{big:?}");
+    let held = sandbox
+        .run(
+            &big.session_id,
+            "block = bytearray(700 << 20)\nprint(len(block) >> 20)",
+        )
+        .await
+        .ok();
+    assert_eq!(held.out(), "700\n");
+}
+
+/// Waits until the agent's pool `index` has a ready session.
+async fn wait_pool_ready(sandbox: &mut Sandbox, index: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = sandbox
+            .client
+            .get_info(GetInfoRequest {})
+            .await
+            .expect("info")
+            .into_inner();
+        if info.pools[index].ready >= 1 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pool {index} never filled: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn configured_pool_profiles_serve_their_sessions_warm() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -714,31 +799,21 @@ async fn configured_pool_profiles_serve_their_sessions_warm() {
     env.insert("RLM_AGENT_POOL_PROFILES".into(), "mem=128,pids=32:1".into());
     env.insert("RLM_AGENT_POOL_SIZE".into(), "0".into());
     let (_agent, mut sandbox) = dedicated_agent(dir.path(), &env).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = sandbox
-            .client
-            .get_info(GetInfoRequest {})
-            .await
-            .expect("info")
-            .into_inner();
-        let names: Vec<&str> = info.pools.iter().map(|p| p.profile.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "mem512Mi-cpu1000m-pids64-tmp64Mi",
-                "mem128Mi-cpu1000m-pids32-tmp64Mi"
-            ]
-        );
-        if info.pools[1].ready == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "profile pool never filled: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let info = sandbox
+        .client
+        .get_info(GetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    let names: Vec<&str> = info.pools.iter().map(|p| p.profile.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "mem512Mi-cpu1000m-pids64-tmp64Mi",
+            "mem128Mi-cpu1000m-pids32-tmp64Mi"
+        ]
+    );
+    wait_pool_ready(&mut sandbox, 1).await;
     let limits = SessionLimits {
         memory_bytes: 128 << 20,
         max_pids: 32,
@@ -746,8 +821,18 @@ async fn configured_pool_profiles_serve_their_sessions_warm() {
     };
     let created = sandbox.create(Some(limits), Vec::new()).await;
     assert!(created.from_warm_pool, "{created:?}");
-    let default = sandbox.create(None, Vec::new()).await;
-    assert!(!default.from_warm_pool, "the default pool is sized 0 here");
+    // The default pool is sized 0 here, and other mounts cannot be served
+    // by re-limiting the configured pool's sessions.
+    let other = sandbox
+        .create(
+            Some(SessionLimits {
+                tmpfs_bytes: 16 << 20,
+                ..Default::default()
+            }),
+            Vec::new(),
+        )
+        .await;
+    assert!(!other.from_warm_pool, "{other:?}");
     let run = sandbox
         .run(
             &created.session_id,

@@ -549,6 +549,7 @@ impl CgroupRoot {
                     cpuacct: Some(cpuacct),
                     freezer,
                     members,
+                    counters: Default::default(),
                 }
             }
             Layout::V2 { dir } => {
@@ -568,6 +569,7 @@ impl CgroupRoot {
                     cpuacct: None,
                     freezer: Some(freezer),
                     members,
+                    counters: Default::default(),
                 }
             }
         }
@@ -597,6 +599,78 @@ pub struct SessionCgroup {
     freezer: Option<FreezerController>,
     /// One controller per distinct directory, in attach order.
     members: Vec<Subsystem>,
+    /// The files `usage()` reads, once opened.
+    counters: std::sync::Arc<std::sync::Mutex<Option<Counters>>>,
+}
+
+/// The counter files of one cgroup, kept open.
+#[derive(Debug)]
+struct Counters {
+    cpu: Counter,
+    /// What one unit of `cpu` is in nanoseconds (v2 counts microseconds).
+    cpu_ns_per_unit: u64,
+    peak: Counter,
+    oom: Counter,
+}
+
+impl Counters {
+    fn read(&self) -> Result<Usage, CgroupError> {
+        let cpu = self.cpu.read()?.ok_or_else(|| CgroupError::Parse {
+            path: self.cpu.path.clone(),
+            detail: "no usage_usec line".to_owned(),
+        })?;
+        let memory_peak_bytes = self.peak.read()?.unwrap_or(0);
+        Ok(Usage {
+            cpu_ns: cpu.saturating_mul(self.cpu_ns_per_unit),
+            memory_peak_bytes,
+            oom_kills: self.oom.read()?.unwrap_or(0),
+        })
+    }
+}
+
+/// One open counter file: a plain number, or the value of `key` in a
+/// flat-keyed file.
+#[derive(Debug)]
+struct Counter {
+    path: PathBuf,
+    file: File,
+    key: Option<&'static str>,
+}
+
+impl Counter {
+    fn open(path: PathBuf, key: Option<&'static str>) -> Result<Self, CgroupError> {
+        let file = File::open(&path).map_err(io_err("open", &path))?;
+        Ok(Self { path, file, key })
+    }
+
+    /// The value now (`None`: a keyed file without the key).
+    fn read(&self) -> Result<Option<u64>, CgroupError> {
+        use std::os::unix::fs::FileExt;
+        // Every counter file is a few lines; 4 KiB is far more than enough.
+        let mut buf = [0u8; 4096];
+        let mut len = 0;
+        while len < buf.len() {
+            match self.file.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(io_err("read", &self.path)(err)),
+            }
+        }
+        let parse_error = |detail: String| CgroupError::Parse {
+            path: self.path.clone(),
+            detail,
+        };
+        if len == buf.len() {
+            return Err(parse_error("larger than 4 KiB".to_owned()));
+        }
+        let text =
+            std::str::from_utf8(&buf[..len]).map_err(|_| parse_error("not UTF-8".to_owned()))?;
+        match self.key {
+            None => parse_u64(&self.path, text).map(Some),
+            Some(key) => parse_keyed(text, key).map_err(parse_error),
+        }
+    }
 }
 
 impl SessionCgroup {
@@ -664,39 +738,54 @@ impl SessionCgroup {
     /// `memory.max_usage_in_bytes`, `memory.oom_control` "oom_kill"; v2:
     /// `cpu.stat` "usage_usec" × 1000, `memory.peak` (or `memory.current`
     /// before Linux 5.19), `memory.events` "oom_kill".
+    ///
+    /// The files are opened on the first call and kept open: this runs after
+    /// every cell, and a pread(2) of an open file costs ~1 µs where
+    /// open/read/close costs ~7 µs here. A failed reading reopens them.
     pub fn usage(&self) -> Result<Usage, CgroupError> {
         // by hand: see the module doc (cgroups-rs reads every stat file and
         // hides errors as zeros).
+        let mut kept = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counters = match kept.take() {
+            Some(counters) => counters,
+            None => self.open_counters()?,
+        };
+        let usage = counters.read();
+        if usage.is_ok() {
+            *kept = Some(counters);
+        }
+        usage
+    }
+
+    fn open_counters(&self) -> Result<Counters, CgroupError> {
         let mem = self.memory.path();
         match self.version {
             CgroupVersion::V1 => {
                 let cpuacct = self.cpuacct.as_ref().map_or(self.cpu.path(), |c| c.path());
-                Ok(Usage {
-                    cpu_ns: read_u64(&cpuacct.join("cpuacct.usage"))?,
-                    memory_peak_bytes: read_u64(&mem.join("memory.max_usage_in_bytes"))?,
-                    oom_kills: read_keyed(&mem.join("memory.oom_control"), "oom_kill")?
-                        .unwrap_or(0),
+                Ok(Counters {
+                    cpu: Counter::open(cpuacct.join("cpuacct.usage"), None)?,
+                    cpu_ns_per_unit: 1,
+                    peak: Counter::open(mem.join("memory.max_usage_in_bytes"), None)?,
+                    oom: Counter::open(mem.join("memory.oom_control"), Some("oom_kill"))?,
                 })
             }
             CgroupVersion::V2 => {
-                let stat = self.cpu.path().join("cpu.stat");
-                let usage_usec =
-                    read_keyed(&stat, "usage_usec")?.ok_or_else(|| CgroupError::Parse {
-                        path: stat.clone(),
-                        detail: "no usage_usec line".to_owned(),
-                    })?;
-                let peak = mem.join("memory.peak");
-                let memory_peak_bytes = match read_raw(&peak) {
-                    Ok(text) => parse_u64(&peak, &text)?,
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                        read_u64(&mem.join("memory.current"))?
+                let peak = match Counter::open(mem.join("memory.peak"), None) {
+                    Err(CgroupError::Io { source, .. })
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
+                        Counter::open(mem.join("memory.current"), None)?
                     }
-                    Err(err) => return Err(io_err("read", &peak)(err)),
+                    other => other?,
                 };
-                Ok(Usage {
-                    cpu_ns: usage_usec.saturating_mul(1000),
-                    memory_peak_bytes,
-                    oom_kills: read_keyed(&mem.join("memory.events"), "oom_kill")?.unwrap_or(0),
+                Ok(Counters {
+                    cpu: Counter::open(self.cpu.path().join("cpu.stat"), Some("usage_usec"))?,
+                    cpu_ns_per_unit: 1000,
+                    peak,
+                    oom: Counter::open(mem.join("memory.events"), Some("oom_kill"))?,
                 })
             }
         }
@@ -791,6 +880,39 @@ impl SessionCgroup {
     }
 
     /// Writes the limits into the freshly created directories.
+    /// Changes the limits of a cgroup whose processes have not run session
+    /// code yet: a warm-pool session handed out for other limits. Refuses
+    /// (`InvalidLimits`) when the memory already in use does not fit under
+    /// the new limit, instead of letting the kernel reclaim or OOM-kill.
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        validate_limits(&self.name, limits)?;
+        let mem = self.memory.path();
+        let in_use = read_u64(&mem.join(match self.version {
+            CgroupVersion::V1 => "memory.usage_in_bytes",
+            CgroupVersion::V2 => "memory.current",
+        }))?;
+        if in_use >= limits.memory_bytes {
+            return Err(CgroupError::InvalidLimits {
+                name: self.name.clone(),
+                reason: format!(
+                    "{in_use} bytes of memory are in use, more than memory_bytes {}",
+                    limits.memory_bytes
+                ),
+            });
+        }
+        if self.version == CgroupVersion::V1 && self.swap {
+            // memory.memsw.limit_in_bytes may never be below
+            // memory.limit_in_bytes: when raising, it goes first.
+            let current = read_u64(&mem.join("memory.limit_in_bytes"))?;
+            if limits.memory_bytes > current {
+                self.memory
+                    .set_memswap_limit(limits.memory_bytes as i64) // validated: fits
+                    .map_err(ctl_err("set", mem.join("memory.memsw.limit_in_bytes")))?;
+            }
+        }
+        self.apply_limits(limits)
+    }
+
     fn apply_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         let mem = self.memory.path();
         let memory = limits.memory_bytes as i64; // validated: fits
@@ -1612,25 +1734,49 @@ garbage line
                 oom_kills: 2,
             }
         );
-        // Before Linux 5.19 there is no memory.peak: the current use stands in.
-        fs::remove_file(dir.join("memory.peak")).expect("rm memory.peak");
-        write(&dir.join("memory.events"), "low 0\nhigh 0\nmax 0\noom 0\n");
+        // The files stay open: later readings see the counters move.
+        write(&dir.join("cpu.stat"), "usage_usec 2000000\n");
+        write(&dir.join("memory.peak"), "60000000\n");
+        write(&dir.join("memory.events"), "oom_kill 3\n");
         assert_eq!(
             cg.usage().expect("usage"),
             Usage {
-                cpu_ns: 1_234_567_000,
+                cpu_ns: 2_000_000_000,
+                memory_peak_bytes: 60_000_000,
+                oom_kills: 3,
+            }
+        );
+        // Errors name the file, and the next reading opens the files again.
+        write(&dir.join("cpu.stat"), "user_usec 1\n");
+        let msg = cg.usage().expect_err("no usage_usec").to_string();
+        assert!(msg.contains("u/cpu.stat"), "{msg}");
+        write(&dir.join("cpu.stat"), "usage_usec 1\n");
+        fs::remove_file(dir.join("memory.events")).expect("rm memory.events");
+        let msg = cg.usage().expect_err("missing file").to_string();
+        assert!(msg.contains("u/memory.events"), "{msg}");
+        write(&dir.join("memory.events"), "oom_kill 0\n");
+        assert_eq!(cg.usage().expect("usage").cpu_ns, 1000);
+
+        // Before Linux 5.19 there is no memory.peak: the current use stands in.
+        let old = root
+            .create("old", &limits(64 * MIB, 1000, 16))
+            .expect("create");
+        let dir = fx.mount.join("rlm-sandbox/old");
+        write(&dir.join("cpu.stat"), "usage_usec 5\n");
+        write(&dir.join("memory.current"), "4096\n");
+        write(&dir.join("memory.events"), "low 0\nhigh 0\nmax 0\noom 0\n");
+        let _ = fs::remove_file(dir.join("memory.peak"));
+        assert_eq!(
+            old.usage().expect("usage"),
+            Usage {
+                cpu_ns: 5000,
                 memory_peak_bytes: 4096,
                 oom_kills: 0,
             }
         );
-        // Errors name the file.
-        write(&dir.join("cpu.stat"), "user_usec 1\n");
-        let msg = cg.usage().expect_err("no usage_usec").to_string();
-        assert!(msg.contains("u/cpu.stat"), "{msg}");
         write(&dir.join("memory.current"), "lots\n");
-        write(&dir.join("cpu.stat"), "usage_usec 1\n");
-        let msg = cg.usage().expect_err("bad number").to_string();
-        assert!(msg.contains("u/memory.current"), "{msg}");
+        let msg = old.usage().expect_err("bad number").to_string();
+        assert!(msg.contains("old/memory.current"), "{msg}");
     }
 
     /// Plays the kernel on a fixture: once `trigger` returns true for the
@@ -1830,6 +1976,50 @@ garbage line
                 assert_eq!(read(&mem.join("cpu.max")), format!("{quota} 100000"));
             }
         }
+    }
+
+    #[test]
+    fn real_set_limits_raises_and_lowers_under_a_live_process() {
+        let guard = RealRoot::new("relimit");
+        let root = &guard.0;
+        let start = limits(128 * MIB, 1000, 32);
+        let cg = root.create("relimit-1", &start).expect("create");
+        let mut child = spawn_blocked(&["sleep", "30"]);
+        cg.add_process(child.id() as i32).expect("add_process");
+        release(&mut child);
+        // Up (on v1 with swap accounting memsw has to move first), then down.
+        for l in [limits(512 * MIB, 2000, 64), limits(64 * MIB, 500, 16)] {
+            cg.set_limits(&l).expect("set_limits");
+            assert_real_limits(root, &cg, &l);
+        }
+        let refused = cg.set_limits(&limits(1, 500, 16));
+        assert!(matches!(refused, Err(CgroupError::InvalidLimits { .. })));
+        let kept = limits(64 * MIB, 500, 16);
+        assert_real_limits(root, &cg, &kept);
+        let _ = child.kill();
+        let _ = child.wait();
+        cg.remove().expect("remove");
+    }
+
+    #[test]
+    fn set_limits_refuses_a_limit_below_the_memory_in_use() {
+        let fx = v2_fixture("cpu memory pids", true);
+        let root = CgroupRoot::detect_from(&fx.mounts, "rlm-sandbox").expect("detect");
+        let cg = root
+            .create("busy", &limits(256 * MIB, 1000, 64))
+            .expect("create");
+        let dir = fx.mount.join("rlm-sandbox/busy");
+        write(&dir.join("memory.current"), "20971520\n");
+        let msg = cg
+            .set_limits(&limits(16 * MIB, 1000, 64))
+            .expect_err("20 MiB in use")
+            .to_string();
+        assert!(msg.contains("20971520 bytes of memory are in use"), "{msg}");
+        assert_eq!(read(&dir.join("memory.max")), "268435456");
+        cg.set_limits(&limits(32 * MIB, 500, 8)).expect("fits");
+        assert_eq!(read(&dir.join("memory.max")), "33554432");
+        assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
+        assert_eq!(read(&dir.join("pids.max")), "8");
     }
 
     #[test]

@@ -179,6 +179,20 @@ pub enum Priority {
 const BACKGROUND_NICE: i32 = 19;
 
 impl Launched {
+    /// Gives a session that has not run code yet the cgroup limits of
+    /// `profile`, which [`Profile::relimits_to`] must accept: a warm session
+    /// handed out for other limits.
+    pub fn relimit(&mut self, profile: &Profile) -> Result<(), String> {
+        debug_assert!(self.profile.relimits_to(profile));
+        if let Some(cgroup) = &self.cgroup {
+            cgroup
+                .set_limits(&cgroup_limits(profile))
+                .map_err(|err| err.to_string())?;
+        }
+        self.profile = profile.clone();
+        Ok(())
+    }
+
     /// Back to normal CPU priority, when a background start is handed out.
     pub fn to_foreground(&mut self) {
         if std::mem::take(&mut self.niced) {
@@ -357,14 +371,7 @@ impl Launcher {
                 let lease = uids.lease()?;
                 let uid = lease.uid();
                 let cgroup = cgroups
-                    .create(
-                        name,
-                        &CgroupLimits {
-                            memory_bytes: profile.memory_bytes,
-                            cpu_millicores: profile.cpu_millicores,
-                            max_pids: profile.max_pids,
-                        },
-                    )
+                    .create(name, &cgroup_limits(profile))
                     .map_err(|err| LaunchError::Cgroup(err.to_string()))?;
                 let steps = rootfs::plan(&RootfsSpec {
                     uid,
@@ -396,5 +403,13 @@ impl Launcher {
                 ))
             }
         }
+    }
+}
+
+fn cgroup_limits(profile: &Profile) -> CgroupLimits {
+    CgroupLimits {
+        memory_bytes: profile.memory_bytes,
+        cpu_millicores: profile.cpu_millicores,
+        max_pids: profile.max_pids,
     }
 }

@@ -36,7 +36,7 @@ impl Default for Limits {
     }
 }
 
-/// What decides whether a pooled process fits a request: everything fixed
+/// What decides whether a pooled process fits a request: everything set
 /// when the process starts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Profile {
@@ -49,6 +49,16 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Whether a process started for `self` can serve `other` once its
+    /// cgroup limits (memory, CPU, pids) are changed: the mounts, the
+    /// network namespace and the rlimits (`RLIMIT_FSIZE` is the tmpfs size)
+    /// are the same.
+    pub fn relimits_to(&self, other: &Profile) -> bool {
+        self.network == other.network
+            && self.tmpfs_bytes == other.tmpfs_bytes
+            && self.allowed_paths == other.allowed_paths
+    }
+
     /// e.g. `mem512Mi-cpu1000m-pids64-tmp64Mi`.
     pub fn name(&self) -> String {
         let mut name = format!(

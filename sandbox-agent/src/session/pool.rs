@@ -1,6 +1,7 @@
-//! The warm pool: session processes started ahead of demand for the default
-//! profile, so `CreateSession` costs a hand-over, not a Python start. Refilled in
-//! the background, one start at a time, and bounded.
+//! The warm pool: session processes started ahead of demand for a profile, so
+//! `CreateSession` costs a hand-over, not a Python start. Refilled in the
+//! background, one start at a time, and bounded. A request for other limits
+//! may take a process too (the manager re-limits its cgroup).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -61,6 +62,15 @@ impl Pool {
         };
         self.wake.notify_one();
         taken
+    }
+
+    /// A ready process, if there is one, for a request of another profile
+    /// (a miss here is not this pool's).
+    pub async fn take_for_other(&self) -> Option<Launched> {
+        let taken = self.ready.lock().await.pop_front()?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+        Some(taken)
     }
 
     /// Keeps the pool at its target until `stop` resolves; then empties it.

@@ -2,8 +2,8 @@
 //! agent (the binary next to this one; own cgroup parent, warm pool of
 //! `--pool-size`), then creates and destroys `--sessions` sessions one after
 //! the other: CreateSession (default profile, so from the warm pool when it
-//! has one ready; `--cold`: a 256 MiB profile that no pool serves, so every
-//! session is started on the request path), one cell `x = 1` on an Execute
+//! has one ready; `--cold`: a 32 MiB tmpfs, other mounts than any pool's, so
+//! every session is started on the request path), one cell `x = 1` on an Execute
 //! stream (`--no-execute` skips it), DestroySession.
 //!
 //! Before the first session and after every `--every` sessions it waits for
@@ -208,7 +208,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         pool_size: o.pool_size,
     };
     let limits = o.cold.then(|| SessionLimits {
-        memory_bytes: 256 << 20,
+        tmpfs_bytes: 32 << 20,
         ..Default::default()
     });
 
@@ -219,7 +219,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
          RLM_AGENT_POOL_SIZE={}; binaries in {}; load average at start {}",
         o.sessions,
         if o.cold {
-            "cold: a 256 MiB profile no pool serves"
+            "cold: a 32 MiB tmpfs, which no pool serves"
         } else {
             "default profile, from the warm pool when one is ready"
         },

@@ -226,11 +226,43 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
         sandbox.destroy(&id).await;
     }
 
-    // Cold: another profile, so every session starts a process. The warm pool
-    // refills first, so its starts do not compete with the measured ones.
+    // Other memory, CPU and pids limits: a pool session whose cgroup is re-limited.
+    let mut relimited = Vec::new();
+    for _ in 0..iterations.min(50) {
+        wait_pool_ready(&mut sandbox, 1).await?;
+        let started = Instant::now();
+        let created = sandbox
+            .create(
+                Some(SessionLimits {
+                    memory_bytes: 256 << 20,
+                    cpu_millicores: 500,
+                    max_pids: 32,
+                    ..Default::default()
+                }),
+                Vec::new(),
+            )
+            .await;
+        relimited.push(started.elapsed());
+        if !created.from_warm_pool {
+            bail!("expected a re-limited warm session");
+        }
+        ids.push(created.session_id);
+    }
+    table.row(
+        "CreateSession, other limits: a pool session re-limited",
+        &Stats::new(relimited),
+        "–",
+    );
+    for id in ids.drain(..) {
+        sandbox.destroy(&id).await;
+    }
+
+    // Cold: other mounts (the tmpfs size), so every session starts a process.
+    // The warm pool refills first, so its starts do not compete with the
+    // measured ones.
     wait_pool_ready(&mut sandbox, 8).await?;
     let cold_limits = SessionLimits {
-        memory_bytes: 256 << 20,
+        tmpfs_bytes: 32 << 20,
         ..Default::default()
     };
     let mut cold = Vec::new();
@@ -402,8 +434,27 @@ const USAGE: &str = "usage:
   rlm-bench churn [--sessions 1000] [--every 100] [--pool-size 4] [--cold] [--no-execute]";
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty()
+        || argv
+            .iter()
+            .any(|a| matches!(a.as_str(), "help" | "--help" | "-h"))
+    {
+        println!("{USAGE}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    // `{:#}`: the error and its causes on one line, without a backtrace.
+    match run(&argv).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rlm-bench: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(argv: &[String]) -> anyhow::Result<()> {
     let Some((command, rest)) = argv.split_first() else {
         bail!("{USAGE}");
     };
@@ -418,10 +469,6 @@ async fn main() -> anyhow::Result<()> {
         }
         "load" => load::run(load::Options::parse(rest)?).await,
         "churn" => churn::run(churn::Options::parse(rest)?).await,
-        "help" | "--help" | "-h" => {
-            println!("{USAGE}");
-            Ok(())
-        }
         other => bail!("unknown subcommand {other:?}\n{USAGE}"),
     }
 }
