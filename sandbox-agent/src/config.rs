@@ -73,7 +73,7 @@ pub struct Cli {
     #[arg(long, env = "RLM_AGENT_ALLOWED_UIDS", value_name = "UIDS")]
     pub allowed_uids: Option<String>,
     /// Comma-separated Python modules every session imports right after it is
-    /// ready (paid in the warm pool, not in the cell that needs them) [default: re,json].
+    /// ready (paid in the warm pool, not in the cell that needs them) [default: os,re,json].
     #[arg(long, env = "RLM_AGENT_PRELOAD", value_name = "MODULES")]
     pub preload: Option<String>,
     #[command(flatten)]
@@ -173,7 +173,7 @@ impl Config {
         Ok(Self {
             preload: settings.get(
                 "preload",
-                "re,json",
+                "os,re,json",
                 "comma-separated module names such as re,json (empty for none)",
                 |v| {
                     v.split(',')

@@ -445,21 +445,33 @@ async fn sessions_cannot_see_each_others_files_processes_or_signals() {
     sandbox.destroy(&b).await;
 }
 
+/// Each of: the `random` module's state, the kernel's randomness, the str
+/// hash secret (PEP 456) and the memory layout (ASLR: where the heap lies)
+/// differs from one session to the next. The last two are what sessions
+/// forked from one warm interpreter (a fork server) would share.
 #[tokio::test(flavor = "multi_thread")]
 async fn random_state_differs_between_sessions() {
     let mut sandbox = Sandbox::shared().await;
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: [std::collections::HashSet<String>; 4] = Default::default();
     for _ in 0..3 {
         let id = sandbox.session().await;
         let out = sandbox
             .run(
                 &id,
-                "import random, os\nprint(random.random(), os.urandom(8).hex(), hash('x'))",
+                "import random, os\n\
+                 print(random.random(), os.urandom(8).hex(), hash('x'), hex(id(object())))",
             )
             .await
             .ok()
             .out();
-        assert!(seen.insert(out.clone()), "repeated random state: {out}");
+        let values: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(values.len(), 4, "{out}");
+        for (column, value) in seen.iter_mut().zip(values) {
+            assert!(
+                column.insert(value.to_owned()),
+                "repeated in another session: {out}"
+            );
+        }
         sandbox.destroy(&id).await;
     }
 }
