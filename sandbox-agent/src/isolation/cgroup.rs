@@ -646,17 +646,16 @@ impl Counter {
     /// The value now (`None`: a keyed file without the key).
     fn read(&self) -> Result<Option<u64>, CgroupError> {
         use std::os::unix::fs::FileExt;
-        // Every counter file is a few lines; 4 KiB is far more than enough.
+        // Every counter file is a few lines, returned whole by one read
+        // (seq_file fills the buffer); 4 KiB is far more than enough.
         let mut buf = [0u8; 4096];
-        let mut len = 0;
-        while len < buf.len() {
-            match self.file.read_at(&mut buf[len..], len as u64) {
-                Ok(0) => break,
-                Ok(n) => len += n,
+        let len = loop {
+            match self.file.read_at(&mut buf, 0) {
+                Ok(n) => break n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(io_err("read", &self.path)(err)),
             }
-        }
+        };
         let parse_error = |detail: String| CgroupError::Parse {
             path: self.path.clone(),
             detail,
