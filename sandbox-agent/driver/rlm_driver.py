@@ -104,7 +104,9 @@ def _dup_high(fd):
     while True:
         try:
             _fstat(new)
-        except OSError:
+        except OSError as e:
+            if e.errno != 9:  # only EBADF says the descriptor is free
+                raise
             return _dup2(fd, new, False)
         new += 1
 
