@@ -59,6 +59,11 @@ impl Args {
         self.values.contains_key(name)
     }
 
+    /// The value of `name` as given.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
     /// The value of `name` parsed as a number, or `default`.
     pub fn number<T: FromStr>(&self, name: &str, default: T) -> anyhow::Result<T> {
         match self.values.get(name) {

@@ -19,6 +19,7 @@
 
 mod args;
 mod churn;
+mod echo;
 mod engine;
 mod host;
 mod load;
@@ -125,6 +126,28 @@ fn session_memory(cgroup: &str) -> (u64, u64) {
         }
     }
     (charged, pss)
+}
+
+/// Round trips of one cell on an open Execute stream to `rlm-bench
+/// echo-server` (this binary, another process), which answers at once.
+async fn echo_floor(dir: &std::path::Path, cells: usize) -> anyhow::Result<Vec<Duration>> {
+    let address = format!("unix://{}", dir.join("echo.sock").display());
+    let server = Service::start(
+        "rlm-bench",
+        dir,
+        &HashMap::new(),
+        &["echo-server", "--listen", &address],
+    );
+    wait_serving(&address, &server).await;
+    let mut echo = Sandbox::connect(&address).await;
+    let (mut stream, _) = CellStream::open(&mut echo, "echo", "y = 0").await?;
+    let mut rtt = Vec::with_capacity(cells);
+    for _ in 0..cells {
+        let started = Instant::now();
+        stream.run("echo", "x = x + 1").await?;
+        rtt.push(started.elapsed());
+    }
+    Ok(rtt)
 }
 
 async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
@@ -312,6 +335,12 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
         &Stats::new(open_rtt),
         "≤ 0.3 ms",
     );
+    let echo_rtt = echo_floor(dir.path(), (iterations * 10).max(200)).await?;
+    table.row(
+        "floor: the same stream against an echo server (gRPC alone)",
+        &Stats::new(echo_rtt),
+        "–",
+    );
     let mut unary = Vec::new();
     for _ in 0..(iterations * 10).max(200) {
         let started = Instant::now();
@@ -431,7 +460,8 @@ const USAGE: &str = "usage:
   rlm-bench load [--concurrency 64] [--duration 300s] [--fanout 10] [--max-parallel 8]
                  [--pool-size 16] [--latency-ms 0] [--sample-every 10s] [--linger 0s]
                  [--child-rlms]
-  rlm-bench churn [--sessions 1000] [--every 100] [--pool-size 4] [--cold] [--no-execute]";
+  rlm-bench churn [--sessions 1000] [--every 100] [--pool-size 4] [--cold] [--no-execute]
+  rlm-bench echo-server --listen unix:///path   (used by `sandbox`: the gRPC floor)";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -469,6 +499,13 @@ async fn run(argv: &[String]) -> anyhow::Result<()> {
         }
         "load" => load::run(load::Options::parse(rest)?).await,
         "churn" => churn::run(churn::Options::parse(rest)?).await,
+        "echo-server" => {
+            let args = args::Args::parse(rest, &["--listen"], &[])?;
+            let listen = args
+                .value("--listen")
+                .ok_or_else(|| anyhow::anyhow!("echo-server needs --listen unix:///path"))?;
+            echo::serve(listen).await
+        }
         other => bail!("unknown subcommand {other:?}\n{USAGE}"),
     }
 }
