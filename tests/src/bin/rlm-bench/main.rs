@@ -466,10 +466,9 @@ const USAGE: &str = "usage:
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.is_empty()
-        || argv
-            .iter()
-            .any(|a| matches!(a.as_str(), "help" | "--help" | "-h"))
+    if argv
+        .iter()
+        .any(|a| matches!(a.as_str(), "help" | "--help" | "-h"))
     {
         println!("{USAGE}");
         return std::process::ExitCode::SUCCESS;
