@@ -154,6 +154,22 @@ impl Sandbox {
         Self::connect(&shared_agent().address).await
     }
 
+    /// Waits (30 s at most) until the agent's pool `index` (0: the default
+    /// profile's) has `at_least` ready sessions.
+    pub async fn wait_pool_ready(&mut self, index: usize, at_least: u32) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = self.client.get_info(GetInfoRequest {}).await?.into_inner();
+            if info.pools.get(index).is_some_and(|p| p.ready >= at_least) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("pool {index} never reached {at_least} ready sessions: {info:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn create(
         &mut self,
         limits: Option<SessionLimits>,

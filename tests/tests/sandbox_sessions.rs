@@ -714,7 +714,7 @@ async fn other_limits_are_served_by_relimiting_a_pool_session() {
     );
     env.insert("RLM_AGENT_POOL_SIZE".into(), "1".into());
     let (_agent, mut sandbox) = dedicated_agent(dir.path(), &env).await;
-    wait_pool_ready(&mut sandbox, 0).await;
+    sandbox.wait_pool_ready(0, 1).await.expect("pool fills");
     let limits = SessionLimits {
         memory_bytes: 128 << 20,
         max_pids: 16,
@@ -746,7 +746,7 @@ async fn other_limits_are_served_by_relimiting_a_pool_session() {
     );
     // Raising works as well: the refilled pool session becomes a 1 GiB one
     // that holds what the pool's 512 MiB could not.
-    wait_pool_ready(&mut sandbox, 0).await;
+    sandbox.wait_pool_ready(0, 1).await.expect("pool fills");
     let big = sandbox
         .create(
             Some(SessionLimits {
@@ -765,27 +765,6 @@ async fn other_limits_are_served_by_relimiting_a_pool_session() {
         .await
         .ok();
     assert_eq!(held.out(), "700\n");
-}
-
-/// Waits until the agent's pool `index` has a ready session.
-async fn wait_pool_ready(sandbox: &mut Sandbox, index: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = sandbox
-            .client
-            .get_info(GetInfoRequest {})
-            .await
-            .expect("info")
-            .into_inner();
-        if info.pools[index].ready >= 1 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pool {index} never filled: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -813,7 +792,7 @@ async fn configured_pool_profiles_serve_their_sessions_warm() {
             "mem128Mi-cpu1000m-pids32-tmp64Mi"
         ]
     );
-    wait_pool_ready(&mut sandbox, 1).await;
+    sandbox.wait_pool_ready(1, 1).await.expect("pool fills");
     let limits = SessionLimits {
         memory_bytes: 128 << 20,
         max_pids: 32,

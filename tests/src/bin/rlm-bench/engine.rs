@@ -34,7 +34,7 @@ use rlm_proto::rlm::v1::*;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use super::{Stats, ms, wait_pool_ready};
+use super::{Stats, ms};
 
 const POOL_SIZE: u32 = 8;
 const MAX_PARALLEL: u32 = 16;
@@ -349,7 +349,7 @@ impl Bench {
 
     /// Pool refills from the previous run never compete with a timed one.
     async fn wait_pool(&mut self) -> anyhow::Result<()> {
-        wait_pool_ready(&mut self.agent, POOL_SIZE).await
+        self.agent.wait_pool_ready(0, POOL_SIZE).await
     }
 
     async fn complete(&mut self, spec: CompletionSpec) -> anyhow::Result<CompletionResult> {

@@ -82,24 +82,6 @@ fn time_command(program: &str, args: &[&str], n: usize) -> Option<Stats> {
     Some(Stats::new(samples))
 }
 
-async fn wait_pool_ready(sandbox: &mut Sandbox, at_least: u32) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = sandbox
-            .client
-            .get_info(GetInfoRequest {})
-            .await?
-            .into_inner();
-        if info.pools.first().is_some_and(|p| p.ready >= at_least) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("warm pool never reached {at_least} ready sessions");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn session_memory(cgroup: &str) -> (u64, u64) {
     // Sum of the session cgroups' memory charge, and of the processes' PSS.
     let mut charged = 0;
@@ -231,7 +213,7 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
     let mut warm = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..iterations.min(50) {
-        wait_pool_ready(&mut sandbox, 1).await?;
+        sandbox.wait_pool_ready(0, 1).await?;
         let started = Instant::now();
         let created = sandbox.create(None, Vec::new()).await;
         warm.push(started.elapsed());
@@ -252,7 +234,7 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
     // Other memory, CPU and pids limits: a pool session whose cgroup is re-limited.
     let mut relimited = Vec::new();
     for _ in 0..iterations.min(50) {
-        wait_pool_ready(&mut sandbox, 1).await?;
+        sandbox.wait_pool_ready(0, 1).await?;
         let started = Instant::now();
         let created = sandbox
             .create(
@@ -283,7 +265,7 @@ async fn sandbox_bench(iterations: usize) -> anyhow::Result<()> {
     // Cold: other mounts (the tmpfs size), so every session starts a process.
     // The warm pool refills first, so its starts do not compete with the
     // measured ones.
-    wait_pool_ready(&mut sandbox, 8).await?;
+    sandbox.wait_pool_ready(0, 8).await?;
     let cold_limits = SessionLimits {
         tmpfs_bytes: 32 << 20,
         ..Default::default()
