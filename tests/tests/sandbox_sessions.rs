@@ -438,6 +438,25 @@ async fn a_dead_session_reports_why_and_the_next_call_is_refused() {
     sandbox.destroy(&id).await;
 }
 
+/// A dedicated agent (cgroup parent `rlm-test-{tag}-<pid>`) with `settings`
+/// over [`agent_env`]; the directory lives as long as the returned guard.
+async fn agent_with(
+    tag: &str,
+    settings: &[(&str, &str)],
+) -> (tempfile::TempDir, rlm_e2e::Service, Sandbox) {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = agent_env(
+        dir.path(),
+        &format!("rlm-test-{tag}-{}", std::process::id()),
+    );
+    for (name, value) in settings {
+        env.insert((*name).to_owned(), (*value).to_owned());
+    }
+    let (agent, sandbox) = dedicated_agent(dir.path(), &env).await;
+    (dir, agent, sandbox)
+}
+
 fn agent_env(dir: &std::path::Path, cgroup: &str) -> HashMap<String, String> {
     HashMap::from([
         (
@@ -565,14 +584,7 @@ async fn cgroup_namespace_hides_the_host_hierarchy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_sessions_expire_and_the_session_limit_holds() {
-    require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut env = agent_env(
-        dir.path(),
-        &format!("rlm-test-limit-{}", std::process::id()),
-    );
-    env.insert("RLM_AGENT_MAX_SESSIONS".into(), "2".into());
-    let (_agent, mut sandbox) = dedicated_agent(dir.path(), &env).await;
+    let (_dir, _agent, mut sandbox) = agent_with("limit", &[("RLM_AGENT_MAX_SESSIONS", "2")]).await;
     let short = SessionLimits {
         idle_ttl: Some(prost_types::Duration {
             seconds: 1,
@@ -706,14 +718,7 @@ async fn one_stream_carries_many_cells_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn other_limits_are_served_by_relimiting_a_pool_session() {
-    require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut env = agent_env(
-        dir.path(),
-        &format!("rlm-test-relimit-{}", std::process::id()),
-    );
-    env.insert("RLM_AGENT_POOL_SIZE".into(), "1".into());
-    let (_agent, mut sandbox) = dedicated_agent(dir.path(), &env).await;
+    let (_dir, _agent, mut sandbox) = agent_with("relimit", &[("RLM_AGENT_POOL_SIZE", "1")]).await;
     sandbox.wait_pool_ready(0, 1).await.expect("pool fills");
     let limits = SessionLimits {
         memory_bytes: 128 << 20,
@@ -769,15 +774,14 @@ async fn other_limits_are_served_by_relimiting_a_pool_session() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn configured_pool_profiles_serve_their_sessions_warm() {
-    require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut env = agent_env(
-        dir.path(),
-        &format!("rlm-test-profiles-{}", std::process::id()),
-    );
-    env.insert("RLM_AGENT_POOL_PROFILES".into(), "mem=128,pids=32:1".into());
-    env.insert("RLM_AGENT_POOL_SIZE".into(), "0".into());
-    let (_agent, mut sandbox) = dedicated_agent(dir.path(), &env).await;
+    let (_dir, _agent, mut sandbox) = agent_with(
+        "profiles",
+        &[
+            ("RLM_AGENT_POOL_PROFILES", "mem=128,pids=32:1"),
+            ("RLM_AGENT_POOL_SIZE", "0"),
+        ],
+    )
+    .await;
     let info = sandbox
         .client
         .get_info(GetInfoRequest {})
