@@ -1607,7 +1607,11 @@ async fn sixty_four_concurrent_completions() {
     require_root();
     let fake = FakeLlm::start(None).await;
     let params = json!({"n": 3});
-    fake.reset("iterations", params.clone(), 0.0).await;
+    // 20 ms per call makes overlapping calls observable: the fake accepts
+    // connections on one thread, and a call answered at once is usually done
+    // before the next is accepted, so `max_in_flight` stayed 1 at times
+    // even though the completions ran together.
+    fake.reset("iterations", params.clone(), 20.0).await;
     let expected = fake_llm::expected_answer("iterations", &params);
     let env = with(
         model_env(&fake.base_url()),
