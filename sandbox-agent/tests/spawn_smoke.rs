@@ -4,8 +4,8 @@
 use std::io::Read;
 use std::os::fd::OwnedFd;
 
-use rlm_sandbox_agent::isolation::rootfs::{self, RootfsSpec};
-use rlm_sandbox_agent::isolation::spawn::{SpawnSpec, spawn};
+use rlm_sandbox_agent::isolation::rootfs::{self, RootfsSpec, Step};
+use rlm_sandbox_agent::isolation::spawn::{SpawnError, SpawnSpec, spawn};
 
 fn require_root() {
     assert!(
@@ -22,10 +22,8 @@ fn read_all(fd: OwnedFd) -> String {
     text
 }
 
-#[test]
-fn python_runs_isolated_as_an_unprivileged_uid() {
-    require_root();
-    let root = tempfile::tempdir().expect("root mount dir");
+/// An isolated `python3 -I -c code` as uid 201000 on a root mounted over `root`.
+fn python_spec(root: &std::path::Path, code: &str) -> SpawnSpec {
     let steps = rootfs::plan(&RootfsSpec {
         uid: 201_000,
         gid: 201_000,
@@ -36,6 +34,31 @@ fn python_runs_isolated_as_an_unprivileged_uid() {
         driver: None,
         thp_pmd_size: Some(2 << 20),
     });
+    SpawnSpec {
+        isolate: true,
+        share_network: false,
+        root_mount: root.to_owned(),
+        steps,
+        uid: 201_000,
+        gid: 201_000,
+        rlimits: vec![(libc::RLIMIT_CORE, 0)],
+        program: "/usr/bin/python3".into(),
+        args: vec!["-I".into(), "-c".into(), code.into()],
+        env: vec!["PATH=/usr/bin:/bin".into()],
+        cwd: "/work".into(),
+        seccomp: None,
+    }
+}
+
+/// Whether `pid` is gone (exited and reaped).
+fn is_gone(pid: i32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn python_runs_isolated_as_an_unprivileged_uid() {
+    require_root();
+    let root = tempfile::tempdir().expect("root mount dir");
     let code = r#"
 import os, socket
 print(os.getuid(), os.getgid(), os.getpid(), socket.gethostname())
@@ -48,20 +71,7 @@ except OSError as e:
     print('usr', e.errno)
 print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
 "#;
-    let spec = SpawnSpec {
-        isolate: true,
-        share_network: false,
-        root_mount: root.path().to_owned(),
-        steps,
-        uid: 201_000,
-        gid: 201_000,
-        rlimits: vec![(libc::RLIMIT_CORE, 0)],
-        program: "/usr/bin/python3".into(),
-        args: vec!["-I".into(), "-c".into(), code.into()],
-        env: vec!["PATH=/usr/bin:/bin".into()],
-        cwd: "/work".into(),
-        seccomp: None,
-    };
+    let spec = python_spec(root.path(), code);
     let started = std::time::Instant::now();
     let child = spawn(&spec, |_| Ok(())).expect("spawn");
     let spawn_time = started.elapsed();
@@ -99,4 +109,65 @@ print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
     assert_eq!(lines[3], "1", "only the session's own process is visible");
     assert_eq!(lines[4], "usr 30", "read-only /usr: EROFS");
     assert_eq!(lines[5], "0000000000000000", "no effective capabilities");
+}
+
+/// A mount step fails in the child: the error names the step, its path and errno.
+#[test]
+fn a_failing_mount_step_is_reported_with_its_path() {
+    require_root();
+    let root = tempfile::tempdir().expect("root mount dir");
+    let mut spec = python_spec(root.path(), "print('never runs')");
+    spec.steps.push(Step::Bind {
+        source: "/nonexistent/rlm-spawn-test".into(),
+        target: "opt/missing".into(),
+        writable: false,
+        is_dir: true,
+    });
+    let mut placed = None;
+    let err = match spawn(&spec, |pid| {
+        placed = Some(pid);
+        Ok(())
+    }) {
+        Ok(child) => panic!("spawned pid {} with a missing bind source", child.pid),
+        Err(err) => err,
+    };
+    let SpawnError::Child {
+        step,
+        detail,
+        source,
+    } = &err
+    else {
+        panic!("expected the child's own error, got: {err}");
+    };
+    assert_eq!(*step, "bind mount", "{err}");
+    assert_eq!(detail, "/opt/missing", "{err}");
+    assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{err}");
+    let pid = placed.expect("place ran");
+    assert!(is_gone(pid), "the failed child {pid} is reaped");
+}
+
+/// `place` failing (no cgroup for the session) kills the child before it execs.
+#[test]
+fn a_failing_place_kills_the_child() {
+    require_root();
+    let root = tempfile::tempdir().expect("root mount dir");
+    let spec = python_spec(root.path(), "print('never runs')");
+    let mut placed = None;
+    let err = match spawn(&spec, |pid| {
+        placed = Some(pid);
+        Err("no cgroup for you".to_owned())
+    }) {
+        Ok(child) => panic!("spawned pid {} although place failed", child.pid),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(&err, SpawnError::Cgroup(reason) if reason == "no cgroup for you"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "placing the session process in its cgroup: no cgroup for you"
+    );
+    let pid = placed.expect("place ran");
+    assert!(is_gone(pid), "the child {pid} is killed and reaped");
 }
