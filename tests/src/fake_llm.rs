@@ -196,18 +196,18 @@ impl FakeLlm {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(child) = fake.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "fake_llm.py exited with {status}; log:\n{}",
-                        fake.log_text()
-                    );
-                }
+            if let Some(child) = fake.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "fake_llm.py exited with {status}; log:\n{}",
+                    fake.log_text()
+                );
             }
-            if fake.port == 0 {
-                if let Ok(text) = std::fs::read_to_string(&port_file) {
-                    fake.port = text.trim().parse().unwrap_or(0);
-                }
+            if fake.port == 0
+                && let Ok(text) = std::fs::read_to_string(&port_file)
+            {
+                fake.port = text.trim().parse().unwrap_or(0);
             }
             if fake.port != 0 {
                 let health = fake

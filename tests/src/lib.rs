@@ -232,10 +232,10 @@ pub async fn health_status(channel: Channel, service: &str) -> anyhow::Result<Se
 pub async fn wait_serving(address: &str, service: &Service) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(channel) = channel(address).await {
-            if let Ok(ServingStatus::Serving) = health_status(channel.clone(), "").await {
-                return channel;
-            }
+        if let Ok(channel) = channel(address).await
+            && let Ok(ServingStatus::Serving) = health_status(channel.clone(), "").await
+        {
+            return channel;
         }
         assert!(
             Instant::now() < deadline,

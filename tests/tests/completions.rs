@@ -1448,10 +1448,11 @@ async fn cancel_mid_fanout_tears_down_the_whole_tree() {
                 .expect("the stream ended before the children started their sub-calls")
                 .event
                 .expect("event");
-            if let Some(Event::SubcallStarted(s)) = &event.event {
-                if s.kind() == SubcallKind::LlmQuery && event.node_id.starts_with("0.") {
-                    waiting.insert(event.node_id.clone());
-                }
+            if let Some(Event::SubcallStarted(s)) = &event.event
+                && s.kind() == SubcallKind::LlmQuery
+                && event.node_id.starts_with("0.")
+            {
+                waiting.insert(event.node_id.clone());
             }
             assert!(
                 !matches!(event.event, Some(Event::Result(_))),

@@ -643,10 +643,10 @@ impl Proc {
                     self.log_text()
                 ));
             }
-            if let Ok(channel) = channel(address).await {
-                if let Ok(ServingStatus::Serving) = health_status(channel, "").await {
-                    return Ok(());
-                }
+            if let Ok(channel) = channel(address).await
+                && let Ok(ServingStatus::Serving) = health_status(channel, "").await
+            {
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -1294,10 +1294,10 @@ async fn tls_serving(
                 process.log_text()
             ));
         }
-        if let Ok(channel) = tls_channel(address, tls.clone()).await {
-            if let Ok(ServingStatus::Serving) = health_status(channel, "").await {
-                return Ok(());
-            }
+        if let Ok(channel) = tls_channel(address, tls.clone()).await
+            && let Ok(ServingStatus::Serving) = health_status(channel, "").await
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(

@@ -140,10 +140,10 @@ async fn tls_channel(address: &str, tls: ClientTlsConfig) -> anyhow::Result<Chan
 async fn wait_tls_serving(address: &str, tls: &ClientTlsConfig, service: &Service) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(channel) = tls_channel(address, tls.clone()).await {
-            if let Ok(ServingStatus::Serving) = health_status(channel.clone(), "").await {
-                return channel;
-            }
+        if let Ok(channel) = tls_channel(address, tls.clone()).await
+            && let Ok(ServingStatus::Serving) = health_status(channel.clone(), "").await
+        {
+            return channel;
         }
         assert!(
             Instant::now() < deadline,

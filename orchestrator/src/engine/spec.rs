@@ -140,13 +140,11 @@ fn contexts(spec: &CompletionSpec) -> Result<Vec<RequestContext>, Status> {
                         ),
                     ));
                 }
-                if json {
-                    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
-                        return Err(invalid(
-                            &format!("{field}.text"),
-                            format!("not valid JSON: {e}"),
-                        ));
-                    }
+                if json && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                    return Err(invalid(
+                        &format!("{field}.text"),
+                        format!("not valid JSON: {e}"),
+                    ));
                 }
                 ContextSource::Text(text.clone())
             }

@@ -133,10 +133,10 @@ impl FleetQueue {
             .arg(&["CREATE", JOBS, GROUP, "0", "MKSTREAM"])
             .query_async(&mut redis.clone())
             .await;
-        if let Err(error) = created {
-            if error.code() != Some("BUSYGROUP") {
-                return Err(error).context("creating the queue's consumer group");
-            }
+        if let Err(error) = created
+            && error.code() != Some("BUSYGROUP")
+        {
+            return Err(error).context("creating the queue's consumer group");
         }
         let queue = Arc::new(Self {
             engine,
@@ -313,12 +313,12 @@ impl FleetQueue {
             .query_async(&mut conn)
             .await
             .map_err(|e| redis_error(&e))?;
-        if let Some(first) = first.first().and_then(|(entry, _)| sequence_of(entry)) {
-            if from.saturating_add(1) < first {
-                return Err(Status::out_of_range(format!(
-                    "from_event_index: events before {first} are no longer kept; read them with GetTrajectory"
-                )));
-            }
+        if let Some(first) = first.first().and_then(|(entry, _)| sequence_of(entry))
+            && from.saturating_add(1) < first
+        {
+            return Err(Status::out_of_range(format!(
+                "from_event_index: events before {first} are no longer kept; read them with GetTrajectory"
+            )));
         }
         let mut reader = self.blocking_conn().await.map_err(|e| redis_error(&e))?;
         let id = id.to_owned();

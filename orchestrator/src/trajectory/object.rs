@@ -369,10 +369,10 @@ impl ObjectBackend {
                 return Ok((out, last));
             }
             // A marker without a summary is skipped (deleted, or not ours).
-            if let (Some(id), Some(summary)) = (index_id(&name), summary) {
-                if let Some(item) = pick(id, summary) {
-                    out.push(item);
-                }
+            if let (Some(id), Some(summary)) = (index_id(&name), summary)
+                && let Some(item) = pick(id, summary)
+            {
+                out.push(item);
             }
             last = Some(name);
         }

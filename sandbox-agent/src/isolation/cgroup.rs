@@ -481,10 +481,10 @@ impl CgroupRoot {
             let session = self.session(&name);
             // A crash between freeze and thaw leaves the cgroup frozen, and
             // frozen v1 processes do not die of SIGKILL until thawed.
-            if let Some(freezer) = session.freezer.as_ref().filter(|f| f.path().is_dir()) {
-                if let Err(err) = freezer.thaw() {
-                    tracing::warn!(cgroup = %freezer.path().display(), error = %err, "thaw before reaping");
-                }
+            if let Some(freezer) = session.freezer.as_ref().filter(|f| f.path().is_dir())
+                && let Err(err) = freezer.thaw()
+            {
+                tracing::warn!(cgroup = %freezer.path().display(), error = %err, "thaw before reaping");
             }
             match session.remove() {
                 Ok(()) => {

@@ -1445,11 +1445,11 @@ mod tests {
     /// Like [`outcome`], closing the descriptor a successful call returned.
     #[allow(unsafe_code)]
     fn fd_outcome(rc: libc::c_long) -> String {
-        if let Ok(fd) = libc::c_int::try_from(rc) {
-            if fd >= 0 {
-                // SAFETY: `fd` was just returned to us and is closed once.
-                unsafe { libc::close(fd) };
-            }
+        if let Ok(fd) = libc::c_int::try_from(rc)
+            && fd >= 0
+        {
+            // SAFETY: `fd` was just returned to us and is closed once.
+            unsafe { libc::close(fd) };
         }
         outcome(rc)
     }

@@ -195,13 +195,13 @@ impl Launched {
 
     /// Back to normal CPU priority, when a background start is handed out.
     pub fn to_foreground(&mut self) {
-        if std::mem::take(&mut self.niced) {
-            if let Err(err) = set_nice(self.process.pid, 0) {
-                tracing::warn!(
-                    pid = self.process.pid,
-                    "restoring a session's CPU priority: {err}"
-                );
-            }
+        if std::mem::take(&mut self.niced)
+            && let Err(err) = set_nice(self.process.pid, 0)
+        {
+            tracing::warn!(
+                pid = self.process.pid,
+                "restoring a session's CPU priority: {err}"
+            );
         }
     }
 
@@ -212,10 +212,10 @@ impl Launched {
         // The driver is PID 1 of its namespace: killing it kills every process
         // in the namespace. The cgroup kill catches anything else in the tree.
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        if let Some(cgroup) = &self.cgroup {
-            if let Err(err) = cgroup.remove() {
-                tracing::warn!(cgroup = cgroup.name(), "removing session cgroup: {err}");
-            }
+        if let Some(cgroup) = &self.cgroup
+            && let Err(err) = cgroup.remove()
+        {
+            tracing::warn!(cgroup = cgroup.name(), "removing session cgroup: {err}");
         }
         let _ = nix::sys::wait::waitpid(pid, None);
         drop(self.uid);

@@ -254,10 +254,10 @@ impl Manager {
     /// whose processes differ only in cgroup limits, re-limited here (a few
     /// cgroup writes instead of a ~20 ms start). `None`: start one.
     async fn take_warm(&self, profile: &Profile) -> Option<Launched> {
-        if let Some(pool) = self.pools.iter().find(|pool| pool.profile() == profile) {
-            if let Some(launched) = pool.take().await {
-                return Some(launched);
-            }
+        if let Some(pool) = self.pools.iter().find(|pool| pool.profile() == profile)
+            && let Some(launched) = pool.take().await
+        {
+            return Some(launched);
         }
         for pool in &self.pools {
             if pool.profile() == profile || !pool.profile().relimits_to(profile) {

@@ -215,10 +215,10 @@ pub fn host_busy_seconds() -> f64 {
 pub fn cgroup_cpu_seconds(name: &str) -> Option<f64> {
     for h in cgroup_hierarchies() {
         let dir = h.join(name);
-        if let Ok(text) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
-            if let Ok(ns) = text.trim().parse::<u64>() {
-                return Some(ns as f64 / 1e9);
-            }
+        if let Ok(text) = std::fs::read_to_string(dir.join("cpuacct.usage"))
+            && let Ok(ns) = text.trim().parse::<u64>()
+        {
+            return Some(ns as f64 / 1e9);
         }
         if let Ok(text) = std::fs::read_to_string(dir.join("cpu.stat")) {
             let usec = text

@@ -484,10 +484,11 @@ impl Probe {
     async fn wait_idle(&mut self, pool_size: u32, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Some(info) = self.info().await {
-                if info.live == 0 && info.ready >= pool_size {
-                    return true;
-                }
+            if let Some(info) = self.info().await
+                && info.live == 0
+                && info.ready >= pool_size
+            {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -893,19 +894,19 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         "| between | orch RSS MiB | orch fds | orch threads | agent RSS MiB | agent fds | agent threads |"
     );
     println!("|---|---|---|---|---|---|---|");
-    if let (Some(first), Some(last)) = (last_of_minute.first(), last_of_minute.last()) {
-        if last_of_minute.len() > 1 {
-            print_delta(
-                &format!(
-                    "end of minute 1 ({:.0} s) → end of minute {} ({:.0} s)",
-                    first.at.as_secs_f64(),
-                    last_of_minute.len(),
-                    last.at.as_secs_f64()
-                ),
-                first,
-                last,
-            );
-        }
+    if let (Some(first), Some(last)) = (last_of_minute.first(), last_of_minute.last())
+        && last_of_minute.len() > 1
+    {
+        print_delta(
+            &format!(
+                "end of minute 1 ({:.0} s) → end of minute {} ({:.0} s)",
+                first.at.as_secs_f64(),
+                last_of_minute.len(),
+                last.at.as_secs_f64()
+            ),
+            first,
+            last,
+        );
     }
     print_delta(
         &format!(
