@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -23,6 +24,7 @@ class FakeService(rlm_service_pb2_grpc.RLMServiceServicer):
         self.lock = threading.Lock()
         self.calls = []  # (method, metadata dict, time_remaining, request)
         self.upload_chunks = []
+        self.upload_delay = 0.0
 
     def _record(self, method, context, request=None):
         with self.lock:
@@ -62,6 +64,8 @@ class FakeService(rlm_service_pb2_grpc.RLMServiceServicer):
 
     def UploadContext(self, request_iterator, context):
         self._record("UploadContext", context)
+        if self.upload_delay:
+            time.sleep(self.upload_delay)
         digest = hashlib.sha256()
         size = 0
         for index, message in enumerate(request_iterator):
@@ -170,3 +174,47 @@ def test_async_client_sends_the_same_metadata(fake):
     assert all(c[1]["authorization"] == "Bearer k2" for c in fake.calls)
     assert all(0 < c[2] <= 30.5 for c in fake.calls), [c[2] for c in fake.calls]
     assert [size for _, size, _, _ in fake.upload_chunks] == [1 << 20, 1]
+
+
+def test_one_timeout_bounds_the_uploads_and_the_completion(fake):
+    fake.upload_delay = 0.3
+    big = "u" * ((1 << 20) + 1)
+    with RLMClient(fake.target, timeout=5) as client:
+        client.complete("hello", contexts=[big, big + "v"])
+    assert [c[0] for c in fake.calls] == ["UploadContext", "UploadContext", "Complete"]
+    remaining = [c[2] for c in fake.calls]
+    # Each call gets what is left of the one 5 s deadline.
+    assert remaining[1] <= 4.75 and remaining[2] <= 4.45, remaining
+
+
+def test_an_unreadable_upload_source_raises_its_own_error(fake, tmp_path):
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    with RLMClient(fake.target) as client:
+        with open(text_file) as handle, pytest.raises(TypeError, match="binary file object"):
+            client.upload_context(handle)
+        with pytest.raises(IsADirectoryError):
+            client.complete("hello", context_file=tmp_path)
+
+    class Broken:
+        def read(self, n):
+            raise OSError(5, "disk says no")
+
+    async def run():
+        async with AsyncRLMClient(fake.target) as client:
+            with pytest.raises(OSError, match="disk says no"):
+                await client.upload_context(Broken())
+
+    asyncio.run(run())
+
+
+def test_async_client_refuses_interceptors_it_cannot_apply(fake):
+    async def run():
+        channel = grpc.aio.insecure_channel(fake.target)
+        try:
+            with pytest.raises(ValueError, match="interceptors"):
+                AsyncRLMClient(fake.target, channel=channel, interceptors=[object()])
+        finally:
+            await channel.close()
+
+    asyncio.run(run())

@@ -181,6 +181,7 @@ class _FakeRpcError(grpc.RpcError):
         (grpc.StatusCode.UNAVAILABLE, rlm_client.Unavailable),
         (grpc.StatusCode.DEADLINE_EXCEEDED, rlm_client.DeadlineExceeded),
         (grpc.StatusCode.CANCELLED, rlm_client.RequestCancelled),
+        (grpc.StatusCode.ABORTED, rlm_client.Aborted),
         (grpc.StatusCode.INTERNAL, rlm_client.ServerError),
         (grpc.StatusCode.UNIMPLEMENTED, rlm_client.ServerError),
     ],

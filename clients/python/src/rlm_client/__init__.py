@@ -19,6 +19,7 @@ from ._version import __version__
 from .aio import AsyncRLMClient
 from .client import RLMClient
 from .errors import (
+    Aborted,
     BudgetExceeded,
     CompletionCancelled,
     CompletionFailed,
@@ -72,6 +73,7 @@ __all__ = [
     "Unavailable",
     "DeadlineExceeded",
     "RequestCancelled",
+    "Aborted",
     "ServerError",
     "IncompleteCompletion",
     "BudgetExceeded",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import os
+import time
 from dataclasses import dataclass
 from typing import IO, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -61,6 +63,18 @@ def seconds(value: Optional[Seconds]) -> Optional[float]:
     if isinstance(value, _dt.timedelta):
         return value.total_seconds()
     return float(value)
+
+
+class Deadline:
+    """One deadline shared by the calls of one client method (its uploads, then
+    the completion), so ``timeout`` bounds the whole method, not each call."""
+
+    def __init__(self, timeout: Optional[float]) -> None:
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> Optional[float]:
+        """Seconds left (0 once expired: the next call fails DEADLINE_EXCEEDED)."""
+        return None if self._end is None else max(0.0, self._end - time.monotonic())
 
 
 def to_duration(value: Seconds) -> duration_pb2.Duration:
@@ -255,6 +269,10 @@ class UploadStream:
     ``source`` is bytes, a file path, or a binary file object. The first
     message declares ``total_size_bytes`` when the size is known, and
     ``expected_sha256`` for in-memory bytes.
+
+    gRPC hides an exception raised while it pulls the messages (it reports
+    UNKNOWN, or cancels an async call), so one raised here by opening or
+    reading the source is kept in ``local_error`` for the caller to re-raise.
     """
 
     def __init__(self, source: Union[bytes, str, "os.PathLike[str]", IO[bytes]], chunk_size: int = CHUNK_SIZE):
@@ -268,6 +286,7 @@ class UploadStream:
         self._file: Optional[IO[bytes]] = None
         self.total_size = 0
         self.expected_sha256 = ""
+        self.local_error: Optional[BaseException] = None
         if isinstance(source, (bytes, bytearray, memoryview)):
             self._data = bytes(source)
             self.total_size = len(self._data)
@@ -275,6 +294,8 @@ class UploadStream:
         elif isinstance(source, (str, os.PathLike)):
             self._path = os.fspath(source)
             self.total_size = os.stat(self._path).st_size
+        elif isinstance(source, io.TextIOBase):
+            raise TypeError("upload_context needs a binary file object (open(path, 'rb')), not a text one")
         elif hasattr(source, "read"):
             self._file = source  # size unknown: not declared
         else:
@@ -304,11 +325,20 @@ class UploadStream:
 
     def __iter__(self) -> Iterator[rlm_service_pb2.UploadContextRequest]:
         first = True
-        for block in self._blocks():
-            yield self._message(block, first)
-            first = False
+        try:
+            for block in self._blocks():
+                yield self._message(block, first)
+                first = False
+        except Exception as error:
+            self.local_error = error
+            raise
         if first:  # empty content: one empty message (an empty stream is an error)
             yield self._message(b"", True)
+
+    def raise_local_error(self) -> None:
+        """Re-raises what reading the source raised, if anything did."""
+        if self.local_error is not None:
+            raise self.local_error
 
     def _message(self, block: bytes, first: bool) -> rlm_service_pb2.UploadContextRequest:
         self._hash.update(block)

@@ -54,6 +54,9 @@ class AsyncRLMClient:
     """Asynchronous client; arguments as :class:`rlm_client.RLMClient`.
 
     Create it inside a running event loop (``grpc.aio`` binds the channel to it).
+    ``interceptors`` (``grpc.aio`` client interceptors) apply to the channel it
+    creates; with ``channel=`` set them on that channel instead (passing both
+    is a ``ValueError``).
     """
 
     def __init__(
@@ -78,6 +81,9 @@ class AsyncRLMClient:
         self.raise_on_partial = raise_on_partial
         self._metadata = _core.call_metadata(api_key, grpc_metadata)
         self._owns_channel = channel is None
+        if channel is not None and interceptors:
+            # grpc.aio takes interceptors only when it creates the channel.
+            raise ValueError("AsyncRLMClient: pass interceptors to the grpc.aio channel you create, not with channel=")
         if channel is None:
             opts = _core.channel_options(options, self.target)
             if credentials is not None:
@@ -101,13 +107,13 @@ class AsyncRLMClient:
     def _deadline(self, timeout: Any) -> Optional[float]:
         return self.timeout if timeout is DEFAULT else _core.seconds(timeout)
 
-    async def _request_spec(self, prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, timeout):
+    async def _request_spec(self, prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, deadline):
         planned = _core.plan_contexts(
             _core.collect_contexts(context, contexts, context_file), self.max_inline_bytes
         )
         ids = {}
         for index, upload in planned.uploads():
-            ids[index] = (await self.upload_context(upload.source, timeout=timeout)).context_id
+            ids[index] = (await self.upload_context(upload.source, timeout=deadline.remaining())).context_id
         return _core.build_spec(
             prompt,
             planned.resolve(ids),
@@ -135,10 +141,11 @@ class AsyncRLMClient:
         **limits: Any,
     ) -> Completion:
         """See :meth:`rlm_client.RLMClient.complete`."""
-        spec = await self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, timeout)
+        deadline = _core.Deadline(self._deadline(timeout))
+        spec = await self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, deadline)
         response = await self.stub.Complete(
             rlm_service_pb2.CompleteRequest(spec=spec),
-            timeout=self._deadline(timeout),
+            timeout=deadline.remaining(),
             metadata=self._metadata,
         )
         completion = Completion.from_proto(response.result)
@@ -164,10 +171,11 @@ class AsyncRLMClient:
         """See :meth:`rlm_client.RLMClient.stream_complete` (an async iterator)."""
         raise_partial = self.raise_on_partial if raise_on_partial is None else raise_on_partial
         try:
-            spec = await self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, timeout)
+            deadline = _core.Deadline(self._deadline(timeout))
+            spec = await self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, deadline)
             call = self.stub.StreamComplete(
                 rlm_service_pb2.StreamCompleteRequest(spec=spec),
-                timeout=self._deadline(timeout),
+                timeout=deadline.remaining(),
                 metadata=self._metadata,
             )
         except grpc.RpcError as error:
@@ -213,9 +221,14 @@ class AsyncRLMClient:
                     return
                 yield message
 
-        response = await self.stub.UploadContext(
-            messages(), timeout=self._deadline(timeout), metadata=self._metadata
-        )
+        try:
+            response = await self.stub.UploadContext(
+                messages(), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except (grpc.RpcError, asyncio.CancelledError):
+            # grpc.aio cancels the call when the message iterator raises.
+            stream.raise_local_error()
+            raise
         return stream.finish(response)
 
     @_mapped

@@ -120,11 +120,11 @@ class RLMClient:
 
     # -- completions ----------------------------------------------------------
 
-    def _request_spec(self, prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, timeout):
+    def _request_spec(self, prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, deadline):
         planned = _core.plan_contexts(
             _core.collect_contexts(context, contexts, context_file), self.max_inline_bytes
         )
-        ids = {i: self.upload_context(u.source, timeout=timeout).context_id for i, u in planned.uploads()}
+        ids = {i: self.upload_context(u.source, timeout=deadline.remaining()).context_id for i, u in planned.uploads()}
         return _core.build_spec(
             prompt,
             planned.resolve(ids),
@@ -166,7 +166,8 @@ class RLMClient:
                 ``cpu_millicores``, ``max_pids``, ``network``, ``allowed_paths``
                 (or a ``SandboxLimits`` message).
             metadata: labels recorded in the trajectory.
-            timeout: gRPC deadline of this call (default: the client's).
+            timeout: gRPC deadline of this call, uploads of large contexts
+                included (default: the client's).
             raise_on_partial: raise :class:`~rlm_client.IncompleteCompletion`
                 (``BudgetExceeded``, ``CompletionCancelled``, ``CompletionFailed``)
                 instead of returning a partial result. Default: the client's
@@ -179,10 +180,11 @@ class RLMClient:
             InvalidRequest, NotFound, PermissionDenied, ResourceExhausted,
             Unavailable, DeadlineExceeded, ... (see :mod:`rlm_client.errors`).
         """
-        spec = self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, timeout)
+        deadline = _core.Deadline(self._deadline(timeout))
+        spec = self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, deadline)
         response = self.stub.Complete(
             rlm_service_pb2.CompleteRequest(spec=spec),
-            timeout=self._deadline(timeout),
+            timeout=deadline.remaining(),
             metadata=self._metadata,
         )
         completion = Completion.from_proto(response.result)
@@ -220,10 +222,11 @@ class RLMClient:
         """
         raise_partial = self.raise_on_partial if raise_on_partial is None else raise_on_partial
         try:
-            spec = self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, timeout)
+            deadline = _core.Deadline(self._deadline(timeout))
+            spec = self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, deadline)
             call = self.stub.StreamComplete(
                 rlm_service_pb2.StreamCompleteRequest(spec=spec),
-                timeout=self._deadline(timeout),
+                timeout=deadline.remaining(),
                 metadata=self._metadata,
             )
         except grpc.RpcError as error:
@@ -265,9 +268,13 @@ class RLMClient:
         ``result.as_json()`` for JSON content).
         """
         stream = _core.UploadStream(source, self.chunk_size)
-        response = self.stub.UploadContext(
-            iter(stream), timeout=self._deadline(timeout), metadata=self._metadata
-        )
+        try:
+            response = self.stub.UploadContext(
+                iter(stream), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError:
+            stream.raise_local_error()
+            raise
         return stream.finish(response)
 
     # -- trajectories ---------------------------------------------------------

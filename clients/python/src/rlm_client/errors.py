@@ -15,6 +15,7 @@ Two families, both under :class:`RLMError`:
       ├── Unavailable         UNAVAILABLE (server unreachable, sandbox agent down before anything ran)
       ├── DeadlineExceeded    DEADLINE_EXCEEDED (the client's ``timeout`` expired; also a TimeoutError)
       ├── RequestCancelled    CANCELLED (the call was cancelled on the client side)
+      ├── Aborted             ABORTED (a conflicting change on the server; the call may be retried)
       └── ServerError         INTERNAL, UNKNOWN, UNIMPLEMENTED, DATA_LOSS and any other code
 
 * **Incomplete completions** — NOT RPC errors. A completion that hit a limit, was
@@ -50,6 +51,7 @@ __all__ = [
     "Unavailable",
     "DeadlineExceeded",
     "RequestCancelled",
+    "Aborted",
     "ServerError",
     "IncompleteCompletion",
     "BudgetExceeded",
@@ -113,6 +115,11 @@ class RequestCancelled(RLMError):
     """The RPC was cancelled on the client side (CANCELLED)."""
 
 
+class Aborted(RLMError):
+    """A conflicting change on the server, e.g. a queued completion that kept
+    changing state while it was cancelled; the call may be retried (ABORTED)."""
+
+
 class ServerError(RLMError):
     """Any other RPC failure (INTERNAL, UNKNOWN, UNIMPLEMENTED, ...)."""
 
@@ -160,6 +167,7 @@ _BY_CODE = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.CANCELLED: RequestCancelled,
+    grpc.StatusCode.ABORTED: Aborted,
 }
 
 
