@@ -16,7 +16,7 @@ import pytest
 
 import rlm_client
 from rlm_client import AsyncRLMClient, RLMClient
-from rlm_client.pb.rlm.v1 import completion_pb2, events_pb2, rlm_service_pb2, rlm_service_pb2_grpc
+from rlm_client.pb.rlm.v1 import completion_pb2, events_pb2, jobs_pb2, rlm_service_pb2, rlm_service_pb2_grpc
 
 
 class FakeService(rlm_service_pb2_grpc.RLMServiceServicer):
@@ -61,6 +61,32 @@ class FakeService(rlm_service_pb2_grpc.RLMServiceServicer):
         yield rlm_service_pb2.StreamCompleteResponse(
             event=events_pb2.CompletionEvent(sequence=2, completion_id="c-1", node_id="0", result=self._result(request.spec))
         )
+
+    def SubmitCompletion(self, request, context):
+        self._record("SubmitCompletion", context, request)
+        return jobs_pb2.SubmitCompletionResponse(completion_id="c-9", duplicate=bool(request.idempotency_key))
+
+    def GetCompletion(self, request, context):
+        self._record("GetCompletion", context, request)
+        return jobs_pb2.GetCompletionResponse(
+            completion_id=request.completion_id,
+            state=jobs_pb2.COMPLETION_STATE_FINISHED,
+            result=self._result(completion_pb2.CompletionSpec(prompt="done")),
+            event_count=2,
+        )
+
+    def WatchCompletion(self, request, context):
+        self._record("WatchCompletion", context, request)
+        spec = completion_pb2.CompletionSpec(prompt="partial" if request.completion_id == "partial" else "done")
+        events = [
+            events_pb2.CompletionEvent(
+                sequence=1, completion_id=request.completion_id, node_id="0",
+                iteration_started=events_pb2.IterationStartedEvent(iteration=1),
+            ),
+            events_pb2.CompletionEvent(sequence=2, completion_id=request.completion_id, node_id="0", result=self._result(spec)),
+        ]
+        for event in events[request.from_event_index:]:
+            yield jobs_pb2.WatchCompletionResponse(event=event)
 
     def UploadContext(self, request_iterator, context):
         self._record("UploadContext", context)
@@ -216,5 +242,33 @@ def test_async_client_refuses_interceptors_it_cannot_apply(fake):
                 AsyncRLMClient(fake.target, channel=channel, interceptors=[object()])
         finally:
             await channel.close()
+
+    asyncio.run(run())
+
+
+def test_queued_completions_carry_metadata_and_map_their_messages(fake):
+    with RLMClient(fake.target, api_key="q", timeout=20) as client:
+        submitted = client.submit("hello", idempotency_key="k-1", max_iterations=3)
+        assert submitted == rlm_client.Submission(completion_id="c-9", duplicate=True)
+        status = client.get_completion("c-9")
+        assert status.state == "FINISHED" and status.done and status.event_count == 2
+        assert status.result.answer == "fake answer"
+        assert [e.sequence for e in client.watch("c-9", from_event_index=1)] == [2]
+        assert client.wait("c-9").answer == "fake answer"
+        with pytest.raises(rlm_client.BudgetExceeded):
+            client.wait("partial", raise_on_partial=True)
+    methods = [c[0] for c in fake.calls]
+    assert methods == ["SubmitCompletion", "GetCompletion", "WatchCompletion", "WatchCompletion", "WatchCompletion"]
+    assert all(c[1]["authorization"] == "Bearer q" and 0 < c[2] <= 20.5 for c in fake.calls)
+    submit = fake.calls[0][3]
+    assert submit.idempotency_key == "k-1" and submit.spec.limits.max_iterations == 3
+    assert fake.calls[2][3].from_event_index == 1
+
+    async def run():
+        async with AsyncRLMClient(fake.target, api_key="q") as client:
+            assert (await client.submit("hello")).duplicate is False
+            assert (await client.get_completion("c-9")).state == "FINISHED"
+            assert [e.sequence async for e in client.watch("c-9")] == [1, 2]
+            assert (await client.wait("c-9")).answer == "fake answer"
 
     asyncio.run(run())

@@ -242,6 +242,28 @@ class ChunkRecorder(grpc.StreamUnaryClientInterceptor, grpc.UnaryUnaryClientInte
         return continuation(details, request)
 
 
+def test_submit_then_wait_get_and_watch_a_queued_completion(stack, client):
+    model = stack.turns(REPL_LEN, "FINAL(queued)")
+    key = f"key-{time.monotonic_ns()}"
+    submitted = client.submit("How long is the context?", context="hello", model=model, idempotency_key=key)
+    assert submitted.completion_id and submitted.duplicate is False
+    again = client.submit("anything", model=model, idempotency_key=key)
+    assert again == rlm_client.Submission(completion_id=submitted.completion_id, duplicate=True)
+
+    result = client.wait(submitted.completion_id)
+    assert result.answer == "queued" and result.completion_id == submitted.completion_id
+    status = client.get_completion(submitted.completion_id)
+    assert (status.state, status.done, status.queue_position) == ("FINISHED", True, 0)
+    assert status.result.answer == "queued" and status.usage.calls == 2
+    assert status.submitted_at is not None and status.event_count >= 2
+    # Resuming at the last index replays only the result.
+    events = list(client.watch(submitted.completion_id, from_event_index=status.event_count - 1))
+    assert len(events) == 1 and isinstance(events[0], ResultEvent)
+    assert events[0].completion.answer == "queued"
+    with pytest.raises(rlm_client.NotFound):
+        client.get_completion("no-such-completion")
+
+
 def test_upload_multi_megabyte_context_then_read_it(stack):
     data = (b"0123456789abcdef" * (6 << 16)) + "é".encode()  # 6 MiB + 2 bytes
     recorder = ChunkRecorder()

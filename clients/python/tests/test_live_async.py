@@ -56,6 +56,19 @@ async def test_async_stream_events_in_order(stack, address):
 
 
 @pytest.mark.asyncio
+async def test_async_submit_watch_and_wait(stack, address):
+    async with AsyncRLMClient(address, timeout=120) as client:
+        model = stack.turns("```repl\nprint(len(context))\n```", "FINAL(later)")
+        submitted = await client.submit("queued", context="hello", model=model)
+        events = [e async for e in client.watch(submitted.completion_id)]
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert isinstance(events[-1], ResultEvent) and events[-1].completion.answer == "later"
+        assert (await client.wait(submitted.completion_id)).answer == "later"
+        status = await client.get_completion(submitted.completion_id)
+        assert status.state == "FINISHED" and status.event_count == len(events)
+
+
+@pytest.mark.asyncio
 async def test_async_upload_and_automatic_upload(stack, address, tmp_path):
     data = b"x" * ((3 << 20) + 3)
     path = tmp_path / "ctx.bin"

@@ -39,6 +39,7 @@ from .errors import (
 from .types import (
     CodeExecuted,
     Completion,
+    CompletionStatus,
     Context,
     Event,
     IterationStarted,
@@ -47,6 +48,7 @@ from .types import (
     SubcallFinished,
     SubcallOutcome,
     SubcallStarted,
+    Submission,
     TerminationReason,
     Trajectory,
     TrajectoryPage,
@@ -81,6 +83,8 @@ __all__ = [
     "CompletionFailed",
     # types
     "Completion",
+    "Submission",
+    "CompletionStatus",
     "Context",
     "UploadedContext",
     "TerminationReason",

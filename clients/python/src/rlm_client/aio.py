@@ -12,6 +12,7 @@ iterators::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 from typing import IO, Any, AsyncIterator, Iterable, Mapping, Optional, Sequence, Tuple, Union
@@ -23,14 +24,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from . import _core
 from ._core import DEFAULT, Seconds
 from .client import _list_request
-from .errors import from_rpc_error
-from .pb.rlm.v1 import rlm_service_pb2, rlm_service_pb2_grpc
+from .errors import RLMError, from_rpc_error
+from .pb.rlm.v1 import jobs_pb2, rlm_service_pb2, rlm_service_pb2_grpc
 from .types import (
     Completion,
+    CompletionStatus,
     Event,
     ResultEvent,
     Trajectory,
     TrajectoryPage,
+    Submission,
     TrajectorySummary,
     UploadedContext,
     event_from_proto,
@@ -180,21 +183,78 @@ class AsyncRLMClient:
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
-        try:
-            try:
-                async for response in call:
-                    event = event_from_proto(response.event)
-                    yield event
-                    if raise_partial and isinstance(event, ResultEvent):
-                        event.completion.raise_for_partial()
-            except grpc.RpcError as error:
-                raise from_rpc_error(error) from error
-        finally:
-            call.cancel()
+        async for event in _events(call, raise_partial):
+            yield event
+
+    @_mapped
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        context: Any = None,
+        contexts: Optional[Sequence[Any]] = None,
+        context_file: Any = None,
+        model: Optional[str] = None,
+        sub_model: Optional[str] = None,
+        sandbox: Any = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        idempotency_key: str = "",
+        timeout: Any = DEFAULT,
+        **limits: Any,
+    ) -> Submission:
+        """See :meth:`rlm_client.RLMClient.submit`."""
+        deadline = _core.Deadline(self._deadline(timeout))
+        spec = await self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, deadline)
+        response = await self.stub.SubmitCompletion(
+            jobs_pb2.SubmitCompletionRequest(spec=spec, idempotency_key=idempotency_key),
+            timeout=deadline.remaining(),
+            metadata=self._metadata,
+        )
+        return Submission(completion_id=response.completion_id, duplicate=response.duplicate)
+
+    @_mapped
+    async def get_completion(self, completion_id: str, *, timeout: Any = DEFAULT) -> CompletionStatus:
+        """See :meth:`rlm_client.RLMClient.get_completion`."""
+        response = await self.stub.GetCompletion(
+            jobs_pb2.GetCompletionRequest(completion_id=completion_id),
+            timeout=self._deadline(timeout),
+            metadata=self._metadata,
+        )
+        return CompletionStatus.from_proto(response)
+
+    async def watch(
+        self,
+        completion_id: str,
+        *,
+        from_event_index: int = 0,
+        timeout: Any = DEFAULT,
+        raise_on_partial: Optional[bool] = None,
+    ) -> AsyncIterator[Event]:
+        """See :meth:`rlm_client.RLMClient.watch` (an async iterator)."""
+        raise_partial = self.raise_on_partial if raise_on_partial is None else raise_on_partial
+        call = self.stub.WatchCompletion(
+            jobs_pb2.WatchCompletionRequest(completion_id=completion_id, from_event_index=from_event_index),
+            timeout=self._deadline(timeout),
+            metadata=self._metadata,
+        )
+        async for event in _events(call, raise_partial):
+            yield event
+
+    async def wait(
+        self, completion_id: str, *, timeout: Any = DEFAULT, raise_on_partial: Optional[bool] = None
+    ) -> Completion:
+        """See :meth:`rlm_client.RLMClient.wait`."""
+        raise_partial = self.raise_on_partial if raise_on_partial is None else raise_on_partial
+        # Closed on return: the watch call ends now, not when collected.
+        async with contextlib.aclosing(self.watch(completion_id, timeout=timeout, raise_on_partial=False)) as events:
+            async for event in events:
+                if isinstance(event, ResultEvent):
+                    return event.completion.raise_for_partial() if raise_partial else event.completion
+        raise RLMError(f"the event stream of {completion_id} ended without a result")
 
     @_mapped
     async def cancel(self, completion_id: str, reason: str = "", *, timeout: Any = DEFAULT) -> bool:
-        """Cancels a running completion; True when it was running."""
+        """Cancels a running or queued completion; True when it had not ended."""
         response = await self.stub.CancelCompletion(
             rlm_service_pb2.CancelCompletionRequest(completion_id=completion_id, reason=reason),
             timeout=self._deadline(timeout),
@@ -284,3 +344,19 @@ class AsyncRLMClient:
             metadata=self._metadata,
         )
         return _core.HEALTH_STATUS_NAMES.get(response.status, f"UNKNOWN_{response.status}")
+
+
+async def _events(call, raise_partial: bool) -> AsyncIterator[Event]:
+    """The typed events of a StreamComplete or WatchCompletion call; leaving
+    early cancels the call."""
+    try:
+        try:
+            async for response in call:
+                event = event_from_proto(response.event)
+                yield event
+                if raise_partial and isinstance(event, ResultEvent):
+                    event.completion.raise_for_partial()
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+    finally:
+        call.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
@@ -11,14 +12,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import _core
 from ._core import DEFAULT, Seconds
-from .errors import from_rpc_error
-from .pb.rlm.v1 import rlm_service_pb2, rlm_service_pb2_grpc, trajectory_pb2
+from .errors import RLMError, from_rpc_error
+from .pb.rlm.v1 import jobs_pb2, rlm_service_pb2, rlm_service_pb2_grpc, trajectory_pb2
 from .types import (
     Completion,
+    CompletionStatus,
     Event,
     ResultEvent,
     Trajectory,
     TrajectoryPage,
+    Submission,
     TrajectorySummary,
     UploadedContext,
     event_from_proto,
@@ -231,18 +234,95 @@ class RLMClient:
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
+        yield from _events(call, raise_partial)
+
+    # -- queued completions ---------------------------------------------------
+
+    @_mapped
+    def submit(
+        self,
+        prompt: str,
+        *,
+        context: Any = None,
+        contexts: Optional[Sequence[Any]] = None,
+        context_file: Any = None,
+        model: Optional[str] = None,
+        sub_model: Optional[str] = None,
+        sandbox: Any = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        idempotency_key: str = "",
+        timeout: Any = DEFAULT,
+        **limits: Any,
+    ) -> Submission:
+        """Queues a completion and returns its id at once (``SubmitCompletion``).
+
+        Same arguments as :meth:`complete`, plus ``idempotency_key``: a second
+        submission with the same key returns the first one's id
+        (``duplicate=True``). ``timeout`` bounds the uploads and the
+        submission, not the completion (use ``completion_timeout=``). Follow it
+        with :meth:`watch`, :meth:`get_completion` or :meth:`wait`; a full
+        queue raises :class:`~rlm_client.ResourceExhausted`.
+        """
+        deadline = _core.Deadline(self._deadline(timeout))
+        spec = self._request_spec(prompt, context, contexts, context_file, model, sub_model, sandbox, metadata, limits, deadline)
+        response = self.stub.SubmitCompletion(
+            jobs_pb2.SubmitCompletionRequest(spec=spec, idempotency_key=idempotency_key),
+            timeout=deadline.remaining(),
+            metadata=self._metadata,
+        )
+        return Submission(completion_id=response.completion_id, duplicate=response.duplicate)
+
+    @_mapped
+    def get_completion(self, completion_id: str, *, timeout: Any = DEFAULT) -> CompletionStatus:
+        """The state of a queued completion: position, progress, or its result."""
+        response = self.stub.GetCompletion(
+            jobs_pb2.GetCompletionRequest(completion_id=completion_id),
+            timeout=self._deadline(timeout),
+            metadata=self._metadata,
+        )
+        return CompletionStatus.from_proto(response)
+
+    def watch(
+        self,
+        completion_id: str,
+        *,
+        from_event_index: int = 0,
+        timeout: Any = DEFAULT,
+        raise_on_partial: Optional[bool] = None,
+    ) -> Iterator[Event]:
+        """Yields a queued completion's events, as :meth:`stream_complete` does.
+
+        It waits while the completion is queued and ends with its
+        :class:`~rlm_client.ResultEvent`. ``from_event_index`` resumes after a
+        broken stream (the number of events already seen). Leaving the loop
+        early stops watching; the completion goes on (see :meth:`cancel`).
+        """
+        raise_partial = self.raise_on_partial if raise_on_partial is None else raise_on_partial
         try:
-            for response in _iterate(call):
-                event = event_from_proto(response.event)
-                yield event
-                if raise_partial and isinstance(event, ResultEvent):
-                    event.completion.raise_for_partial()
-        finally:
-            call.cancel()
+            call = self.stub.WatchCompletion(
+                jobs_pb2.WatchCompletionRequest(completion_id=completion_id, from_event_index=from_event_index),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+        yield from _events(call, raise_partial)
+
+    def wait(
+        self, completion_id: str, *, timeout: Any = DEFAULT, raise_on_partial: Optional[bool] = None
+    ) -> Completion:
+        """Waits for a queued completion to end and returns its result."""
+        raise_partial = self.raise_on_partial if raise_on_partial is None else raise_on_partial
+        # Closed on return: the watch call ends now, not when collected.
+        with contextlib.closing(self.watch(completion_id, timeout=timeout, raise_on_partial=False)) as events:
+            for event in events:
+                if isinstance(event, ResultEvent):
+                    return event.completion.raise_for_partial() if raise_partial else event.completion
+        raise RLMError(f"the event stream of {completion_id} ended without a result")
 
     @_mapped
     def cancel(self, completion_id: str, reason: str = "", *, timeout: Any = DEFAULT) -> bool:
-        """Cancels a running completion; True when it was running."""
+        """Cancels a running or queued completion; True when it had not ended."""
         response = self.stub.CancelCompletion(
             rlm_service_pb2.CancelCompletionRequest(completion_id=completion_id, reason=reason),
             timeout=self._deadline(timeout),
@@ -352,6 +432,19 @@ def _iterate(call) -> Iterator[Any]:
         yield from call
     except grpc.RpcError as error:
         raise from_rpc_error(error) from error
+
+
+def _events(call, raise_partial: bool) -> Iterator[Event]:
+    """The typed events of a StreamComplete or WatchCompletion call; leaving
+    early cancels the call."""
+    try:
+        for response in _iterate(call):
+            event = event_from_proto(response.event)
+            yield event
+            if raise_partial and isinstance(event, ResultEvent):
+                event.completion.raise_for_partial()
+    finally:
+        call.cancel()
 
 
 def _list_request(status, metadata, page_size, page_token) -> rlm_service_pb2.ListTrajectoriesRequest:

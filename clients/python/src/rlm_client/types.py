@@ -12,12 +12,14 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Iterator, Optional, Tuple, Union
 
-from .pb.rlm.v1 import completion_pb2, context_pb2, events_pb2, rlm_service_pb2, trajectory_pb2
+from .pb.rlm.v1 import completion_pb2, context_pb2, events_pb2, jobs_pb2, rlm_service_pb2, trajectory_pb2
 
 __all__ = [
     "TerminationReason",
     "Usage",
     "Completion",
+    "Submission",
+    "CompletionStatus",
     "Context",
     "UploadedContext",
     "Event",
@@ -197,6 +199,68 @@ class Completion:
 
     def __str__(self) -> str:
         return self.answer
+
+
+# --------------------------------------------------------------------------
+# Queued completions
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What ``submit`` returns: the queued completion's id."""
+
+    completion_id: str
+    #: True when an earlier submission with the same ``idempotency_key`` was found
+    #: (``completion_id`` is then that one's).
+    duplicate: bool
+
+
+_ENDED_STATES = frozenset({"FINISHED", "CANCELLED", "FAILED"})
+
+
+@dataclass(frozen=True)
+class CompletionStatus:
+    """State of a queued completion (``rlm.v1.GetCompletionResponse``)."""
+
+    completion_id: str
+    #: ``"QUEUED"``, ``"RUNNING"``, ``"FINISHED"``, ``"CANCELLED"`` or ``"FAILED"``.
+    state: str
+    #: 1-based place in the queue while ``QUEUED``; 0 otherwise.
+    queue_position: int
+    #: The result once ended (``FINISHED``, ``CANCELLED``, ``FAILED``), else None.
+    result: Optional[Completion]
+    #: The best answer so far while ``RUNNING``.
+    partial_answer: str
+    #: Usage so far (the final usage once ended).
+    usage: Usage
+    #: Events recorded so far: ``watch(from_event_index=...)`` resumes from here.
+    event_count: int
+    attempts: int
+    #: The replica running it (fleet mode), or ``""``.
+    worker: str
+    submitted_at: Optional[_dt.datetime]
+    raw: jobs_pb2.GetCompletionResponse = field(repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        """True once the completion has ended, whatever the outcome."""
+        return self.state in _ENDED_STATES
+
+    @classmethod
+    def from_proto(cls, message: jobs_pb2.GetCompletionResponse) -> "CompletionStatus":
+        return cls(
+            completion_id=message.completion_id,
+            state=_enum_name(jobs_pb2.CompletionState, message.state, "COMPLETION_STATE_"),
+            queue_position=message.queue_position,
+            result=Completion.from_proto(message.result) if message.HasField("result") else None,
+            partial_answer=message.partial_answer,
+            usage=Usage.from_proto(message.usage),
+            event_count=message.event_count,
+            attempts=message.attempts,
+            worker=message.worker,
+            submitted_at=_timestamp(message, "submitted_at"),
+            raw=message,
+        )
 
 
 # --------------------------------------------------------------------------
