@@ -25,14 +25,17 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
 	rlmv1 "github.com/rlm-runtime/rlm/clients/go/rlmpb/rlm/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 const (
@@ -159,13 +162,18 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// RPC is the generated stub, for calls this layer does not wrap.
+// RPC is the generated stub, for calls this layer does not wrap. Its calls
+// carry neither the WithAPIKey / WithMetadata metadata nor the WithTimeout
+// deadline: add them to the context yourself.
 func (c *Client) RPC() rlmv1.RLMServiceClient { return c.rpc }
 
 // Conn is the underlying connection.
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
-// callContext adds the metadata and, when ctx has no deadline, the default timeout.
+// callContext adds the metadata and, when ctx has no deadline, the default
+// timeout. Each exported method applies it once, at its entry: the helpers it
+// calls (spec, uploadBytes, uploadFile, upload) take the returned context as
+// it is, so every RPC carries each metadata pair exactly once.
 func (c *Client) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	var pairs []string
 	if c.opts.apiKey != "" {
@@ -247,6 +255,8 @@ type pending struct {
 	path  string
 }
 
+// spec builds the request's spec, uploading the contexts that are not sent
+// inline; ctx comes from callContext.
 func (c *Client) spec(ctx context.Context, req Request) (*rlmv1.CompletionSpec, error) {
 	inputs := make([]*rlmv1.ContextInput, len(req.Contexts))
 	var uploads []pending
@@ -291,9 +301,9 @@ func (c *Client) spec(ctx context.Context, req Request) (*rlmv1.CompletionSpec, 
 		var up *Uploaded
 		var err error
 		if u.path != "" {
-			up, err = c.UploadFile(ctx, u.path)
+			up, err = c.uploadFile(ctx, u.path)
 		} else {
-			up, err = c.UploadBytes(ctx, u.data)
+			up, err = c.uploadBytes(ctx, u.data)
 		}
 		if err != nil {
 			return nil, err
@@ -336,47 +346,90 @@ func (c *Client) Complete(ctx context.Context, req Request) (*rlmv1.CompletionRe
 }
 
 // Stream is a running StreamComplete call.
+//
+// Recv returns the events in order; the last one carries the result. Then
+// Recv returns one terminal error, and every later Recv returns it again:
+//   - io.EOF: the completion ended and its result event was received
+//     (Result() is set). With Request.FailOnPartial and a partial result,
+//     the Recv after the result event returns the *IncompleteError once,
+//     and io.EOF follows.
+//   - an *Error: the RPC failed (its deadline expired, its context was
+//     cancelled, the server failed it, ...).
+//   - an *Error with codes.Canceled (errors.Is(err, ErrCancelled)) saying the
+//     stream was closed: Close was called before the stream ended.
+//
+// Close may be called from any goroutine, e.g. to unblock a Recv waiting in
+// another one; Recv itself must not be called from two goroutines at once.
 type Stream struct {
 	stream        rlmv1.RLMService_StreamCompleteClient
 	cancel        context.CancelFunc
 	failOnPartial bool
-	result        *rlmv1.CompletionResult
-	done          bool
+
+	mu     sync.Mutex
+	result *rlmv1.CompletionResult
+	err    error // terminal error; nil while the stream runs
 }
 
-// Recv returns the next event; io.EOF after the last one (the result event).
-// With Request.FailOnPartial, the result event of a partial completion is
-// returned first, and the following Recv returns the *IncompleteError.
+// errStreamClosed is what Recv returns after Close.
+func errStreamClosed() error {
+	st := status.New(codes.Canceled, "the stream was closed by Stream.Close")
+	return &Error{Code: codes.Canceled, Message: st.Message(), kind: ErrCancelled, status: st}
+}
+
+// Recv returns the next event, or the stream's terminal error (see Stream).
 func (s *Stream) Recv() (*rlmv1.CompletionEvent, error) {
-	if s.done {
-		if s.failOnPartial && s.result != nil {
-			if err := CheckPartial(s.result); err != nil {
-				return nil, err
-			}
-		}
-		return nil, io.EOF
-	}
-	msg, err := s.stream.Recv()
+	s.mu.Lock()
+	err := s.err
+	s.mu.Unlock()
 	if err != nil {
-		s.done = true
-		s.cancel()
-		if err == io.EOF {
-			return s.Recv()
+		return nil, err
+	}
+	msg, err := s.stream.Recv() // not under s.mu: Close must not wait for it
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil { // Close was called meanwhile
+		return nil, s.err
+	}
+	if err == nil {
+		event := msg.GetEvent()
+		if r := event.GetResult(); r != nil {
+			s.result = r
 		}
-		return nil, mapError(err)
+		return event, nil
 	}
-	event := msg.GetEvent()
-	if r := event.GetResult(); r != nil {
-		s.result = r
+	s.cancel()
+	if err != io.EOF {
+		s.err = mapError(err)
+		return nil, s.err
 	}
-	return event, nil
+	s.err = io.EOF
+	if s.failOnPartial && s.result != nil {
+		if err := CheckPartial(s.result); err != nil {
+			return nil, err // once: the next Recv returns io.EOF
+		}
+	}
+	return nil, io.EOF
 }
 
 // Result is the completion's result once the result event was received (nil before).
-func (s *Stream) Result() *rlmv1.CompletionResult { return s.result }
+func (s *Stream) Result() *rlmv1.CompletionResult {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.result
+}
 
-// Close cancels the call (and so the completion, if still running).
-func (s *Stream) Close() { s.done = true; s.cancel() }
+// Close cancels the call (and so the completion, if still running). A Recv
+// blocked in another goroutine returns; Recv then reports that the stream
+// was closed, unless the stream had already ended (its terminal error stays).
+// Safe to call more than once, from any goroutine.
+func (s *Stream) Close() {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = errStreamClosed()
+	}
+	s.mu.Unlock()
+	s.cancel()
+}
 
 // StreamComplete runs a completion and streams its events; the last event
 // carries the result. Call Close (or read to io.EOF) to release the call.
@@ -420,12 +473,33 @@ func (u *Uploaded) Context(format rlmv1.ContextFormat) Context { return ContextI
 
 // UploadBytes uploads data in chunks; the first message declares its size and SHA-256.
 func (c *Client) UploadBytes(ctx context.Context, data []byte) (*Uploaded, error) {
-	sum := sha256.Sum256(data)
-	return c.upload(ctx, bytesReader(data), uint64(len(data)), hex.EncodeToString(sum[:]))
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	return c.uploadBytes(ctx, data)
 }
 
 // UploadFile uploads a file in chunks (declaring its size), never reading it whole.
 func (c *Client) UploadFile(ctx context.Context, path string) (*Uploaded, error) {
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	return c.uploadFile(ctx, path)
+}
+
+// UploadContext uploads everything r yields, in chunks; size and hash are not declared.
+func (c *Client) UploadContext(ctx context.Context, r io.Reader) (*Uploaded, error) {
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	return c.upload(ctx, r, 0, "")
+}
+
+// uploadBytes is UploadBytes with a context from callContext.
+func (c *Client) uploadBytes(ctx context.Context, data []byte) (*Uploaded, error) {
+	sum := sha256.Sum256(data)
+	return c.upload(ctx, bytesReader(data), uint64(len(data)), hex.EncodeToString(sum[:]))
+}
+
+// uploadFile is UploadFile with a context from callContext.
+func (c *Client) uploadFile(ctx context.Context, path string) (*Uploaded, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -436,11 +510,6 @@ func (c *Client) UploadFile(ctx context.Context, path string) (*Uploaded, error)
 		return nil, err
 	}
 	return c.upload(ctx, f, uint64(info.Size()), "")
-}
-
-// UploadContext uploads everything r yields, in chunks; size and hash are not declared.
-func (c *Client) UploadContext(ctx context.Context, r io.Reader) (*Uploaded, error) {
-	return c.upload(ctx, r, 0, "")
 }
 
 type sliceReader struct{ data []byte }
@@ -456,8 +525,9 @@ func (s *sliceReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// upload runs one UploadContext call; ctx comes from callContext.
 func (c *Client) upload(ctx context.Context, r io.Reader, size uint64, sha string) (*Uploaded, error) {
-	ctx, cancel := c.callContext(ctx)
+	ctx, cancel := context.WithCancel(ctx) // ends the call on an early return
 	defer cancel()
 	stream, err := c.rpc.UploadContext(ctx)
 	if err != nil {

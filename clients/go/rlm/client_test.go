@@ -35,6 +35,7 @@ func TestMapErrorKindsAndMessage(t *testing.T) {
 		codes.Unavailable:        ErrUnavailable,
 		codes.DeadlineExceeded:   ErrDeadlineExceeded,
 		codes.Canceled:           ErrCancelled,
+		codes.Aborted:            ErrAborted,
 		codes.Internal:           ErrServer,
 		codes.Unimplemented:      ErrServer,
 	}
@@ -149,6 +150,37 @@ func (f *fakeService) UploadContext(stream rlmv1.RLMService_UploadContextServer)
 	return stream.SendAndClose(&rlmv1.UploadContextResponse{ContextId: "sha256:" + hex.EncodeToString(h.Sum(nil)), SizeBytes: size})
 }
 
+// StreamComplete streams by prompt: "block" sends one event then waits for
+// the call to end; "fail" sends one event then fails with ABORTED; "partial"
+// ends with a partial result; anything else ends with FINAL.
+func (f *fakeService) StreamComplete(req *rlmv1.StreamCompleteRequest, stream rlmv1.RLMService_StreamCompleteServer) error {
+	f.record(stream.Context())
+	send := func(ev *rlmv1.CompletionEvent) error {
+		return stream.Send(&rlmv1.StreamCompleteResponse{Event: ev})
+	}
+	started := &rlmv1.CompletionEvent{Sequence: 1, CompletionId: "c1",
+		Event: &rlmv1.CompletionEvent_IterationStarted{IterationStarted: &rlmv1.IterationStartedEvent{Iteration: 1}}}
+	if err := send(started); err != nil {
+		return err
+	}
+	result := &rlmv1.CompletionResult{Answer: "fake", TerminationReason: rlmv1.TerminationReason_TERMINATION_REASON_FINAL}
+	switch req.GetSpec().GetPrompt() {
+	case "block":
+		<-stream.Context().Done()
+		return status.FromContextError(stream.Context().Err()).Err()
+	case "fail":
+		return status.Error(codes.Aborted, "the completion kept changing state; retry")
+	case "partial":
+		result = &rlmv1.CompletionResult{Answer: "part", Partial: true, TerminationReason: rlmv1.TerminationReason_TERMINATION_REASON_MAX_SUBCALLS}
+	}
+	return send(&rlmv1.CompletionEvent{Sequence: 2, CompletionId: "c1", Event: &rlmv1.CompletionEvent_Result{Result: result}})
+}
+
+func (f *fakeService) CancelCompletion(ctx context.Context, req *rlmv1.CancelCompletionRequest) (*rlmv1.CancelCompletionResponse, error) {
+	f.record(ctx)
+	return nil, status.Error(codes.Aborted, "the completion kept changing state; retry")
+}
+
 func startFake(t *testing.T, opts ...Option) (*fakeService, *Client) {
 	t.Helper()
 	listener := bufconn.Listen(1 << 20)
@@ -247,5 +279,158 @@ func TestStatusAndPartialOnTheWire(t *testing.T) {
 	res, err = client.Complete(context.Background(), Request{Prompt: "partial", FailOnPartial: true})
 	if !errors.Is(err, ErrBudgetExceeded) || res.GetAnswer() != "part" {
 		t.Errorf("FailOnPartial: %v %v", res, err)
+	}
+}
+
+func TestCancelAbortedIsErrAborted(t *testing.T) {
+	_, client := startFake(t)
+	_, err := client.Cancel(context.Background(), "c1", "test")
+	if !errors.Is(err, ErrAborted) || errors.Is(err, ErrServer) || !strings.Contains(err.Error(), "retry") || status.Code(err) != codes.Aborted {
+		t.Errorf("got %v", err)
+	}
+}
+
+func TestUploadsInsideCompleteCarryMetadataOnce(t *testing.T) {
+	fake, client := startFake(t, WithAPIKey("s3cret"), WithMetadata("x-team", "search"), WithMaxInlineBytes(4))
+	req := Request{Prompt: "hi", Contexts: []Context{Text("uploaded: above the inline limit")}}
+	if _, err := client.Complete(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := client.StreamComplete(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	for {
+		if _, err := stream.Recv(); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if len(fake.metadata) != 4 || len(fake.chunks) != 2 {
+		t.Fatalf("%d calls, chunks %v (want 2 uploads, Complete, StreamComplete)", len(fake.metadata), fake.chunks)
+	}
+	for i, md := range fake.metadata {
+		if got := md.Get("authorization"); len(got) != 1 || got[0] != "Bearer s3cret" {
+			t.Errorf("call %d authorization %v", i, got)
+		}
+		if got := md.Get("x-team"); len(got) != 1 || got[0] != "search" {
+			t.Errorf("call %d x-team %v", i, got)
+		}
+	}
+}
+
+// recvAll reads a stream to its first error.
+func recvAll(t *testing.T, s *Stream) ([]*rlmv1.CompletionEvent, error) {
+	t.Helper()
+	var events []*rlmv1.CompletionEvent
+	for {
+		ev, err := s.Recv()
+		if err != nil {
+			return events, err
+		}
+		events = append(events, ev)
+	}
+}
+
+func TestStreamEndsWithEOFAndCloseAfterwardsKeepsIt(t *testing.T) {
+	_, client := startFake(t)
+	stream, err := client.StreamComplete(context.Background(), Request{Prompt: "hi"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := recvAll(t, stream)
+	if err != io.EOF || len(events) != 2 || stream.Result().GetAnswer() != "fake" {
+		t.Fatalf("%d events, %v, result %v", len(events), err, stream.Result())
+	}
+	stream.Close()
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Errorf("Recv after the end and Close: %v", err)
+	}
+}
+
+func TestStreamCloseFromAnotherGoroutine(t *testing.T) {
+	_, client := startFake(t)
+	stream, err := client.StreamComplete(context.Background(), Request{Prompt: "block"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		time.Sleep(50 * time.Millisecond)
+		stream.Close()
+	}()
+	_, err = stream.Recv() // blocks until Close
+	<-closed
+	var rpcErr *Error
+	if !errors.Is(err, ErrCancelled) || !errors.As(err, &rpcErr) || status.Code(err) != codes.Canceled || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("Recv unblocked by Close: %v", err)
+	}
+	for i := 0; i < 2; i++ {
+		if _, again := stream.Recv(); again != err {
+			t.Errorf("Recv after Close: %v, want %v", again, err)
+		}
+	}
+	if stream.Result() != nil {
+		t.Errorf("result %v", stream.Result())
+	}
+}
+
+func TestStreamCloseBeforeRecv(t *testing.T) {
+	_, client := startFake(t)
+	stream, err := client.StreamComplete(context.Background(), Request{Prompt: "block"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Close()
+	if _, err := stream.Recv(); !errors.Is(err, ErrCancelled) || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("Recv after Close: %v", err)
+	}
+}
+
+func TestStreamRPCErrorIsSticky(t *testing.T) {
+	_, client := startFake(t)
+	stream, err := client.StreamComplete(context.Background(), Request{Prompt: "fail"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	events, err := recvAll(t, stream)
+	if len(events) != 1 || !errors.Is(err, ErrAborted) || !strings.Contains(err.Error(), "retry") {
+		t.Fatalf("%d events, %v", len(events), err)
+	}
+	for i := 0; i < 2; i++ {
+		if _, again := stream.Recv(); again != err {
+			t.Errorf("Recv after an RPC error: %v, want %v", again, err)
+		}
+	}
+}
+
+func TestStreamFailOnPartialThenEOF(t *testing.T) {
+	_, client := startFake(t)
+	stream, err := client.StreamComplete(context.Background(), Request{Prompt: "partial", FailOnPartial: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	events, err := recvAll(t, stream)
+	var incomplete *IncompleteError
+	if len(events) != 2 || events[1].GetResult() == nil || !errors.Is(err, ErrBudgetExceeded) || !errors.As(err, &incomplete) {
+		t.Fatalf("%d events, %v", len(events), err)
+	}
+	if incomplete.Result.GetAnswer() != "part" || stream.Result().GetAnswer() != "part" {
+		t.Errorf("partial result %v / %v", incomplete.Result, stream.Result())
+	}
+	for i := 0; i < 2; i++ {
+		if _, again := stream.Recv(); again != io.EOF {
+			t.Errorf("Recv after the IncompleteError: %v, want io.EOF", again)
+		}
 	}
 }

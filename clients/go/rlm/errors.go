@@ -29,8 +29,10 @@ var (
 	ErrUnavailable = errors.New("rlm: unavailable")
 	// DEADLINE_EXCEEDED: the context's deadline (or WithTimeout) expired.
 	ErrDeadlineExceeded = errors.New("rlm: deadline exceeded")
-	// CANCELLED: the call's context was cancelled.
+	// CANCELLED: the call's context was cancelled, or the Stream was closed.
 	ErrCancelled = errors.New("rlm: cancelled")
+	// ABORTED: a conflicting change on the server; the call may be retried.
+	ErrAborted = errors.New("rlm: aborted")
 	// Any other status (INTERNAL, UNKNOWN, UNIMPLEMENTED, ...).
 	ErrServer = errors.New("rlm: server error")
 
@@ -88,6 +90,7 @@ var kinds = map[codes.Code]error{
 	codes.Unavailable:        ErrUnavailable,
 	codes.DeadlineExceeded:   ErrDeadlineExceeded,
 	codes.Canceled:           ErrCancelled,
+	codes.Aborted:            ErrAborted,
 }
 
 // mapError converts a gRPC error into an *Error (nil stays nil; errors
