@@ -13,6 +13,12 @@
 // TerminationReason. Set Request.FailOnPartial to get an *IncompleteError
 // (errors.Is(err, rlm.ErrBudgetExceeded), ...) in that case. RPC errors are
 // *Error values matching the sentinels of errors.go.
+//
+// Queued completions (jobs.go) return at once and run in the background:
+//
+//	sub, err := c.Submit(ctx, rlm.Request{Prompt: "...", IdempotencyKey: "job-42"})
+//	...
+//	res, err := c.Wait(ctx, sub.CompletionID) // or Watch, GetCompletion, Cancel
 package rlm
 
 import (
@@ -68,6 +74,9 @@ func WithAPIKey(key string) Option { return func(o *options) { o.apiKey = key } 
 // WithTimeout sets the deadline of calls whose context has none. For
 // Complete and StreamComplete the deadline also bounds the completion: when
 // it expires the server cancels it and the call fails with ErrDeadlineExceeded.
+// For Submit it bounds the uploads and the submission, and for Watch and Wait
+// the watching only: a queued completion goes on (bound it with
+// Request.Limits.Timeout).
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
 // WithTransportCredentials dials with TLS (or other) credentials; default plaintext.
@@ -245,8 +254,14 @@ type Request struct {
 	// Labels recorded in the trajectory.
 	Metadata map[string]string
 	// FailOnPartial: return an *IncompleteError (with the partial result)
-	// when the completion ends without FINAL.
+	// when the completion ends without FINAL. Complete and StreamComplete
+	// only; Submit ignores it (pass FailOnPartial() to Watch or Wait).
 	FailOnPartial bool
+	// IdempotencyKey is used by Submit only (Complete and StreamComplete
+	// ignore it): a second Submit with the same key (and API key) returns
+	// the first one's completion id, with Submission.Duplicate set, instead
+	// of queueing again. Empty = no key. At most 128 bytes.
+	IdempotencyKey string
 }
 
 type pending struct {
@@ -345,14 +360,16 @@ func (c *Client) Complete(ctx context.Context, req Request) (*rlmv1.CompletionRe
 	return result, nil
 }
 
-// Stream is a running StreamComplete call.
+// Stream is a running StreamComplete or Watch call.
 //
 // Recv returns the events in order; the last one carries the result. Then
 // Recv returns one terminal error, and every later Recv returns it again:
 //   - io.EOF: the completion ended and its result event was received
-//     (Result() is set). With Request.FailOnPartial and a partial result,
-//     the Recv after the result event returns the *IncompleteError once,
-//     and io.EOF follows.
+//     (Result() is set; for a Watch started at or past the result event,
+//     the stream ends without it and Result() stays nil). With
+//     Request.FailOnPartial (StreamComplete) or FailOnPartial() (Watch) and
+//     a partial result, the Recv after the result event returns the
+//     *IncompleteError once, and io.EOF follows.
 //   - an *Error: the RPC failed (its deadline expired, its context was
 //     cancelled, the server failed it, ...).
 //   - an *Error with codes.Canceled (errors.Is(err, ErrCancelled)) saying the
@@ -361,7 +378,7 @@ func (c *Client) Complete(ctx context.Context, req Request) (*rlmv1.CompletionRe
 // Close may be called from any goroutine, e.g. to unblock a Recv waiting in
 // another one; Recv itself must not be called from two goroutines at once.
 type Stream struct {
-	stream        rlmv1.RLMService_StreamCompleteClient
+	recv          func() (*rlmv1.CompletionEvent, error) // the RPC's Recv, unwrapped to its event
 	cancel        context.CancelFunc
 	failOnPartial bool
 
@@ -384,14 +401,13 @@ func (s *Stream) Recv() (*rlmv1.CompletionEvent, error) {
 	if err != nil {
 		return nil, err
 	}
-	msg, err := s.stream.Recv() // not under s.mu: Close must not wait for it
+	event, err := s.recv() // not under s.mu: Close must not wait for it
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil { // Close was called meanwhile
 		return nil, s.err
 	}
 	if err == nil {
-		event := msg.GetEvent()
 		if r := event.GetResult(); r != nil {
 			s.result = r
 		}
@@ -418,7 +434,8 @@ func (s *Stream) Result() *rlmv1.CompletionResult {
 	return s.result
 }
 
-// Close cancels the call (and so the completion, if still running). A Recv
+// Close cancels the call: for StreamComplete, that cancels the completion if
+// still running; a watched queued completion goes on (see Client.Cancel). A Recv
 // blocked in another goroutine returns; Recv then reports that the stream
 // was closed, unless the stream had already ended (its terminal error stays).
 // Safe to call more than once, from any goroutine.
@@ -445,10 +462,16 @@ func (c *Client) StreamComplete(ctx context.Context, req Request) (*Stream, erro
 		cancel()
 		return nil, mapError(err)
 	}
-	return &Stream{stream: stream, cancel: cancel, failOnPartial: req.FailOnPartial}, nil
+	recv := func() (*rlmv1.CompletionEvent, error) {
+		msg, err := stream.Recv()
+		return msg.GetEvent(), err
+	}
+	return &Stream{recv: recv, cancel: cancel, failOnPartial: req.FailOnPartial}, nil
 }
 
-// Cancel cancels a running completion; true when it was running.
+// Cancel cancels a running completion (Complete, StreamComplete or queued),
+// or a queued one before it starts (it then ends CANCELLED at once); true
+// when it had not ended yet, false when it had (a no-op, not an error).
 func (c *Client) Cancel(ctx context.Context, completionID, reason string) (bool, error) {
 	ctx, cancel := c.callContext(ctx)
 	defer cancel()

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -96,6 +97,9 @@ type fakeService struct {
 	chunks   []int
 	first    *rlmv1.UploadContextRequest
 	specs    []*rlmv1.CompletionSpec
+	submits  []*rlmv1.SubmitCompletionRequest
+	keys     map[string]string // idempotency key -> completion id
+	from     []uint64          // WatchCompletion from_event_index
 }
 
 func (f *fakeService) record(ctx context.Context) {
@@ -179,6 +183,93 @@ func (f *fakeService) StreamComplete(req *rlmv1.StreamCompleteRequest, stream rl
 func (f *fakeService) CancelCompletion(ctx context.Context, req *rlmv1.CancelCompletionRequest) (*rlmv1.CancelCompletionResponse, error) {
 	f.record(ctx)
 	return nil, status.Error(codes.Aborted, "the completion kept changing state; retry")
+}
+
+// SubmitCompletion answers "abort:<msg>" prompts with RESOURCE_EXHAUSTED (a
+// full queue), otherwise queues job-<n>, or returns the id of an earlier
+// submission with the same idempotency key.
+func (f *fakeService) SubmitCompletion(ctx context.Context, req *rlmv1.SubmitCompletionRequest) (*rlmv1.SubmitCompletionResponse, error) {
+	f.record(ctx)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.submits = append(f.submits, req)
+	if p := req.GetSpec().GetPrompt(); strings.HasPrefix(p, "abort:") {
+		return nil, status.Error(codes.ResourceExhausted, strings.TrimPrefix(p, "abort:"))
+	}
+	key := req.GetIdempotencyKey()
+	if id, ok := f.keys[key]; ok && key != "" {
+		return &rlmv1.SubmitCompletionResponse{CompletionId: id, Duplicate: true}, nil
+	}
+	id := fmt.Sprintf("job-%d", len(f.submits))
+	if key != "" {
+		if f.keys == nil {
+			f.keys = map[string]string{}
+		}
+		f.keys[key] = id
+	}
+	return &rlmv1.SubmitCompletionResponse{CompletionId: id}, nil
+}
+
+// fakeJobs are the queued completions the fake knows, by id: their events
+// (sequences 1, 2, ...). "c1" ends FINAL, "partial" with MAX_SUBCALLS,
+// "noresult" ends without a result event, and "block" waits after its first
+// event until the call ends.
+func fakeJobs(id string) ([]*rlmv1.CompletionEvent, bool) {
+	started := &rlmv1.CompletionEvent{Sequence: 1, CompletionId: id,
+		Event: &rlmv1.CompletionEvent_IterationStarted{IterationStarted: &rlmv1.IterationStartedEvent{Iteration: 1}}}
+	result := func(r *rlmv1.CompletionResult) *rlmv1.CompletionEvent {
+		r.CompletionId = id
+		return &rlmv1.CompletionEvent{Sequence: 2, CompletionId: id, Event: &rlmv1.CompletionEvent_Result{Result: r}}
+	}
+	switch id {
+	case "c1":
+		return []*rlmv1.CompletionEvent{started, result(&rlmv1.CompletionResult{
+			Answer: "fake", TerminationReason: rlmv1.TerminationReason_TERMINATION_REASON_FINAL})}, true
+	case "partial":
+		return []*rlmv1.CompletionEvent{started, result(&rlmv1.CompletionResult{
+			Answer: "part", Partial: true, TerminationReason: rlmv1.TerminationReason_TERMINATION_REASON_MAX_SUBCALLS})}, true
+	case "noresult", "block":
+		return []*rlmv1.CompletionEvent{started}, true
+	}
+	return nil, false
+}
+
+func (f *fakeService) GetCompletion(ctx context.Context, req *rlmv1.GetCompletionRequest) (*rlmv1.GetCompletionResponse, error) {
+	f.record(ctx)
+	events, ok := fakeJobs(req.GetCompletionId())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "completion_id: no completion %q", req.GetCompletionId())
+	}
+	resp := &rlmv1.GetCompletionResponse{CompletionId: req.GetCompletionId(), EventCount: uint64(len(events)),
+		State: rlmv1.CompletionState_COMPLETION_STATE_RUNNING, Attempts: 1}
+	if r := events[len(events)-1].GetResult(); r != nil {
+		resp.State, resp.Result = rlmv1.CompletionState_COMPLETION_STATE_FINISHED, r
+	}
+	return resp, nil
+}
+
+func (f *fakeService) WatchCompletion(req *rlmv1.WatchCompletionRequest, stream rlmv1.RLMService_WatchCompletionServer) error {
+	f.record(stream.Context())
+	f.mu.Lock()
+	f.from = append(f.from, req.GetFromEventIndex())
+	f.mu.Unlock()
+	events, ok := fakeJobs(req.GetCompletionId())
+	if !ok {
+		return status.Errorf(codes.NotFound, "completion_id: no completion %q", req.GetCompletionId())
+	}
+	for _, ev := range events {
+		if ev.GetSequence() <= req.GetFromEventIndex() {
+			continue
+		}
+		if err := stream.Send(&rlmv1.WatchCompletionResponse{Event: ev}); err != nil {
+			return err
+		}
+	}
+	if req.GetCompletionId() == "block" {
+		<-stream.Context().Done()
+		return status.FromContextError(stream.Context().Err()).Err()
+	}
+	return nil
 }
 
 func startFake(t *testing.T, opts ...Option) (*fakeService, *Client) {
@@ -432,5 +523,212 @@ func TestStreamFailOnPartialThenEOF(t *testing.T) {
 		if _, again := stream.Recv(); again != io.EOF {
 			t.Errorf("Recv after the IncompleteError: %v, want io.EOF", again)
 		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Queued completions
+
+func TestQueuedCallsCarryMetadataOnceAndDeadline(t *testing.T) {
+	fake, client := startFake(t, WithAPIKey("s3cret"), WithTimeout(42*time.Second), WithMetadata("x-team", "search"), WithMaxInlineBytes(4))
+	ctx := context.Background()
+	sub, err := client.Submit(ctx, Request{Prompt: "hi", Contexts: []Context{Text("uploaded: above the inline limit")}})
+	if err != nil || sub.CompletionID == "" || sub.Duplicate {
+		t.Fatalf("submit %+v %v", sub, err)
+	}
+	if _, err := client.GetCompletion(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := client.Watch(ctx, "c1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := recvAll(t, stream); err != io.EOF {
+		t.Fatal(err)
+	}
+	if _, err := client.Wait(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if len(fake.metadata) != 5 || len(fake.chunks) != 1 {
+		t.Fatalf("%d calls, chunks %v (want upload, Submit, Get, Watch, Wait)", len(fake.metadata), fake.chunks)
+	}
+	for i, md := range fake.metadata {
+		if got := md.Get("authorization"); len(got) != 1 || got[0] != "Bearer s3cret" {
+			t.Errorf("call %d authorization %v", i, got)
+		}
+		if got := md.Get("x-team"); len(got) != 1 || got[0] != "search" {
+			t.Errorf("call %d x-team %v", i, got)
+		}
+		if d := fake.deadline[i]; d < 35*time.Second || d > 43*time.Second {
+			t.Errorf("call %d: deadline in %v", i, d)
+		}
+	}
+	if id := fake.submits[0].GetSpec().GetContexts()[0].GetContextId(); !strings.HasPrefix(id, "sha256:") {
+		t.Errorf("the large context was not passed by id: %v", fake.submits[0].GetSpec().GetContexts())
+	}
+}
+
+func TestSubmitSendsIdempotencyKeyAndLimits(t *testing.T) {
+	fake, client := startFake(t)
+	ctx := context.Background()
+	req := Request{Prompt: "queued", Model: "scripted:x", IdempotencyKey: "job-key-1", FailOnPartial: true,
+		Limits: &rlmv1.CompletionLimits{MaxIterations: 7, TokenBudget: 1000}, Metadata: map[string]string{"team": "search"}}
+	first, err := client.Submit(ctx, req)
+	if err != nil || first.Duplicate {
+		t.Fatalf("%+v %v", first, err)
+	}
+	again, err := client.Submit(ctx, req)
+	if err != nil || !again.Duplicate || again.CompletionID != first.CompletionID {
+		t.Errorf("same key: %+v %v, first %+v", again, err, first)
+	}
+	req.IdempotencyKey = ""
+	other, err := client.Submit(ctx, req)
+	if err != nil || other.Duplicate || other.CompletionID == first.CompletionID {
+		t.Errorf("no key: %+v %v", other, err)
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	got := fake.submits[0]
+	spec := got.GetSpec()
+	if got.GetIdempotencyKey() != "job-key-1" || fake.submits[2].GetIdempotencyKey() != "" {
+		t.Errorf("keys %q, %q", got.GetIdempotencyKey(), fake.submits[2].GetIdempotencyKey())
+	}
+	if spec.GetPrompt() != "queued" || spec.GetRootModel() != "scripted:x" || spec.GetLimits().GetMaxIterations() != 7 ||
+		spec.GetLimits().GetTokenBudget() != 1000 || spec.GetMetadata()["team"] != "search" {
+		t.Errorf("spec %v", spec)
+	}
+}
+
+func TestWatchHonoursFromEventIndex(t *testing.T) {
+	fake, client := startFake(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		from   uint64
+		events int
+		result bool
+	}{{0, 2, true}, {1, 1, true}, {2, 0, false}} {
+		stream, err := client.Watch(ctx, "c1", tc.from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, err := recvAll(t, stream)
+		if err != io.EOF || len(events) != tc.events || (stream.Result() != nil) != tc.result {
+			t.Errorf("from %d: %d events, %v, result %v", tc.from, len(events), err, stream.Result())
+		}
+		if len(events) > 0 && events[0].GetSequence() != tc.from+1 {
+			t.Errorf("from %d: first sequence %d", tc.from, events[0].GetSequence())
+		}
+		if tc.result && stream.Result().GetAnswer() != "fake" {
+			t.Errorf("from %d: result %v", tc.from, stream.Result())
+		}
+		stream.Close()
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if len(fake.from) != 3 || fake.from[0] != 0 || fake.from[1] != 1 || fake.from[2] != 2 {
+		t.Errorf("from_event_index sent: %v", fake.from)
+	}
+}
+
+func TestWaitReturnsTheResult(t *testing.T) {
+	fake, client := startFake(t)
+	ctx := context.Background()
+	res, err := client.Wait(ctx, "c1")
+	if err != nil || res.GetAnswer() != "fake" || res.GetCompletionId() != "c1" {
+		t.Errorf("c1: %v %v", res, err)
+	}
+	res, err = client.Wait(ctx, "partial")
+	if err != nil || !res.GetPartial() {
+		t.Errorf("a partial result is not an error by default: %v %v", res, err)
+	}
+	res, err = client.Wait(ctx, "partial", FailOnPartial())
+	var incomplete *IncompleteError
+	if !errors.Is(err, ErrBudgetExceeded) || !errors.As(err, &incomplete) || res.GetAnswer() != "part" {
+		t.Errorf("FailOnPartial: %v %v", res, err)
+	}
+	if res, err = client.Wait(ctx, "noresult"); err == nil || res != nil || !strings.Contains(err.Error(), "without a result") {
+		t.Errorf("no result event: %v %v", res, err)
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err = client.Wait(short, "block"); !errors.Is(err, ErrDeadlineExceeded) {
+		t.Errorf("deadline: %v", err)
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	for i, from := range fake.from {
+		if from != 0 {
+			t.Errorf("Wait %d watched from %d", i, from)
+		}
+	}
+}
+
+func TestGetCompletionAndErrorMapping(t *testing.T) {
+	_, client := startFake(t)
+	ctx := context.Background()
+	st, err := client.GetCompletion(ctx, "c1")
+	if err != nil || StateName(st.GetState()) != "FINISHED" || !Ended(st.GetState()) || st.GetEventCount() != 2 || st.GetResult().GetAnswer() != "fake" {
+		t.Errorf("c1: %v %v", st, err)
+	}
+	st, err = client.GetCompletion(ctx, "block")
+	if err != nil || StateName(st.GetState()) != "RUNNING" || Ended(st.GetState()) || st.GetResult() != nil {
+		t.Errorf("block: %v %v", st, err)
+	}
+	var rpcErr *Error
+	if _, err = client.GetCompletion(ctx, "nope"); !errors.Is(err, ErrNotFound) || !errors.As(err, &rpcErr) || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("GetCompletion of an unknown id: %v", err)
+	}
+	stream, err := client.Watch(ctx, "nope", 0)
+	if err != nil {
+		t.Fatal(err) // a server-streaming call reports its status from Recv
+	}
+	if _, err = stream.Recv(); !errors.Is(err, ErrNotFound) || status.Code(err) != codes.NotFound {
+		t.Errorf("Watch of an unknown id: %v", err)
+	}
+	if _, again := stream.Recv(); again != err {
+		t.Errorf("sticky: %v, want %v", again, err)
+	}
+	if _, err = client.Wait(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Wait of an unknown id: %v", err)
+	}
+	if _, err = client.Submit(ctx, Request{Prompt: "abort:queue full; retry in 2s"}); !errors.Is(err, ErrResourceExhausted) || !strings.Contains(err.Error(), "retry in 2s") {
+		t.Errorf("full queue: %v", err)
+	}
+}
+
+func TestWatchCloseFromAnotherGoroutineAndFailOnPartial(t *testing.T) {
+	_, client := startFake(t)
+	stream, err := client.Watch(context.Background(), "block", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		stream.Close()
+	}()
+	_, err = stream.Recv() // blocks until Close
+	if !errors.Is(err, ErrCancelled) || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("Recv unblocked by Close: %v", err)
+	}
+	if _, again := stream.Recv(); again != err {
+		t.Errorf("Recv after Close: %v, want %v", again, err)
+	}
+
+	stream, err = client.Watch(context.Background(), "partial", 0, FailOnPartial())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	events, err := recvAll(t, stream)
+	if len(events) != 2 || !errors.Is(err, ErrBudgetExceeded) || stream.Result().GetAnswer() != "part" {
+		t.Fatalf("%d events, %v", len(events), err)
+	}
+	if _, again := stream.Recv(); again != io.EOF {
+		t.Errorf("Recv after the IncompleteError: %v, want io.EOF", again)
 	}
 }

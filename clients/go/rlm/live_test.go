@@ -444,3 +444,82 @@ func TestLivePartialResults(t *testing.T) {
 		t.Errorf("cancelled result %v", stream.Result())
 	}
 }
+
+func TestLiveQueuedCompletion(t *testing.T) {
+	s, client := live(t)
+	ctx := context.Background()
+	req := Request{Prompt: "queued", Contexts: []Context{Text("hello")}, Model: s.turns(repl("print(len(context))"), "FINAL(42)"),
+		IdempotencyKey: fmt.Sprintf("go-live-%d", time.Now().UnixNano()), Limits: &rlmv1.CompletionLimits{MaxIterations: 5}}
+	sub, err := client.Submit(ctx, req)
+	if err != nil || sub.CompletionID == "" || sub.Duplicate {
+		t.Fatalf("submit %+v %v", sub, err)
+	}
+	again, err := client.Submit(ctx, req)
+	if err != nil || !again.Duplicate || again.CompletionID != sub.CompletionID {
+		t.Errorf("same idempotency key: %+v %v, first %+v", again, err, sub)
+	}
+	res, err := client.Wait(ctx, sub.CompletionID)
+	if err != nil || res.GetAnswer() != "42" || res.GetPartial() || res.GetCompletionId() != sub.CompletionID {
+		t.Fatalf("wait %v %v", res, err)
+	}
+	st, err := client.GetCompletion(ctx, sub.CompletionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if StateName(st.GetState()) != "FINISHED" || !Ended(st.GetState()) || st.GetResult().GetAnswer() != "42" ||
+		st.GetEventCount() < 3 || st.GetAttempts() != 1 || st.GetQueuePosition() != 0 || st.GetSubmittedAt() == nil ||
+		st.GetUsage().GetCalls() != 2 {
+		t.Errorf("get %v", st)
+	}
+	stream, err := client.Watch(ctx, sub.CompletionID, st.GetEventCount()-1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	var events []*rlmv1.CompletionEvent
+	for {
+		ev, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		events = append(events, ev)
+	}
+	if len(events) != 1 || events[0].GetSequence() != st.GetEventCount() || events[0].GetResult().GetAnswer() != "42" ||
+		stream.Result().GetAnswer() != "42" {
+		t.Errorf("watch from %d: %v", st.GetEventCount()-1, events)
+	}
+	if _, err := client.GetCompletion(ctx, "no-such-completion"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown id: %v", err)
+	}
+}
+
+func TestLiveQueuedCancel(t *testing.T) {
+	s, client := live(t)
+	ctx := context.Background()
+	sub, err := client.Submit(ctx, Request{Prompt: "cancel me", Model: s.turns(repl("import time\ntime.sleep(30)"), "FINAL(late)")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cancel once it runs (its first event), or while still queued.
+	stream, err := client.Watch(ctx, sub.CompletionID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	stream.Close() // stops watching only
+	if running, err := client.Cancel(ctx, sub.CompletionID, "go test"); err != nil || !running {
+		t.Fatalf("cancel: %v %v", running, err)
+	}
+	res, err := client.Wait(ctx, sub.CompletionID, FailOnPartial())
+	if !errors.Is(err, ErrCompletionCancelled) || ReasonName(res.GetTerminationReason()) != "CANCELLED" || !strings.Contains(res.GetDetail(), "go test") {
+		t.Errorf("wait after cancel: %v %v", res, err)
+	}
+	if running, err := client.Cancel(ctx, sub.CompletionID, "again"); err != nil || running {
+		t.Errorf("cancel after the end: %v %v", running, err)
+	}
+}
