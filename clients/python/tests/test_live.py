@@ -104,13 +104,6 @@ def test_get_trajectory_matches_the_stream(stack, client):
     assert trajectory.spec.prompt == "trajectory"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="server bug: Complete returns result.started_at taken at the top of Engine::start "
-    "(orchestrator/src/engine/mod.rs, finish(): `result.started_at = Some(started_at.into())`), "
-    "a few ms earlier than the started_at recorded in the trajectory and sent in the StreamComplete "
-    "result event; events.proto says the result event is identical to CompleteResponse.result",
-)
 def test_complete_result_equals_the_recorded_result(stack, client):
     result = client.complete("same result", context="abc", model=stack.turns(REPL_LEN, "FINAL(1)"))
     trajectory = client.get_trajectory(result.trajectory_id)
