@@ -69,6 +69,24 @@ async def test_async_submit_watch_and_wait(stack, address):
 
 
 @pytest.mark.asyncio
+async def test_async_leaving_the_stream_cancels_the_completion(stack, address):
+    async with AsyncRLMClient(address, timeout=120) as client:
+        model = stack.turns(repl("import time\ntime.sleep(30)"), "FINAL(too late)")
+        label = f"abandon-async-{time.monotonic_ns()}"
+        stream = client.stream_complete("abandon", model=model, metadata={"run": label})
+        async for event in stream:
+            break
+        await stream.aclose()  # `break` leaves closing an async generator to the caller
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            summary = (await client.list_trajectories(metadata={"run": label})).trajectories[0]
+            if summary.status == "FINISHED":
+                break
+            await asyncio.sleep(0.1)
+        assert summary.termination_reason is TerminationReason.CANCELLED
+
+
+@pytest.mark.asyncio
 async def test_async_upload_and_automatic_upload(stack, address, tmp_path):
     data = b"x" * ((3 << 20) + 3)
     path = tmp_path / "ctx.bin"

@@ -31,9 +31,9 @@ from .types import (
     CompletionStatus,
     Event,
     ResultEvent,
+    Submission,
     Trajectory,
     TrajectoryPage,
-    Submission,
     TrajectorySummary,
     UploadedContext,
     event_from_proto,
@@ -183,8 +183,9 @@ class AsyncRLMClient:
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
-        async for event in _events(call, raise_partial):
-            yield event
+        async with contextlib.aclosing(_events(call, raise_partial)) as events:
+            async for event in events:
+                yield event
 
     @_mapped
     async def submit(
@@ -237,8 +238,9 @@ class AsyncRLMClient:
             timeout=self._deadline(timeout),
             metadata=self._metadata,
         )
-        async for event in _events(call, raise_partial):
-            yield event
+        async with contextlib.aclosing(_events(call, raise_partial)) as events:
+            async for event in events:
+                yield event
 
     async def wait(
         self, completion_id: str, *, timeout: Any = DEFAULT, raise_on_partial: Optional[bool] = None
