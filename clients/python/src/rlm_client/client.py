@@ -294,8 +294,10 @@ class RLMClient:
 
         It waits while the completion is queued and ends with its
         :class:`~rlm_client.ResultEvent`. ``from_event_index`` resumes after a
-        broken stream (the number of events already seen). Leaving the loop
-        early stops watching; the completion goes on (see :meth:`cancel`).
+        broken stream (the number of events already seen); events older
+        than the server keeps raise :class:`~rlm_client.InvalidRequest`
+        (OUT_OF_RANGE: read them with :meth:`get_trajectory`). Leaving the
+        loop early stops watching; the completion goes on (see :meth:`cancel`).
         """
         raise_partial = self.raise_on_partial if raise_on_partial is None else raise_on_partial
         try:
