@@ -392,12 +392,8 @@ func TestUploadsInsideCompleteCarryMetadataOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stream.Close()
-	for {
-		if _, err := stream.Recv(); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatal(err)
-		}
+	if _, err := recvAll(t, stream); err != io.EOF {
+		t.Fatal(err)
 	}
 	fake.mu.Lock()
 	defer fake.mu.Unlock()

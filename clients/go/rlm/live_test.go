@@ -290,16 +290,9 @@ func TestLiveStreamComplete(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stream.Close()
-	var events []*rlmv1.CompletionEvent
-	for {
-		ev, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		events = append(events, ev)
+	events, err := recvAll(t, stream)
+	if err != io.EOF {
+		t.Fatal(err)
 	}
 	if len(events) < 3 {
 		t.Fatalf("only %d events", len(events))
@@ -476,16 +469,9 @@ func TestLiveQueuedCompletion(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stream.Close()
-	var events []*rlmv1.CompletionEvent
-	for {
-		ev, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		events = append(events, ev)
+	events, err := recvAll(t, stream)
+	if err != io.EOF {
+		t.Fatal(err)
 	}
 	if len(events) != 1 || events[0].GetSequence() != st.GetEventCount() || events[0].GetResult().GetAnswer() != "42" ||
 		stream.Result().GetAnswer() != "42" {
